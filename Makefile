@@ -1,0 +1,35 @@
+# Fresh-machine entry points. `make demo` runs the main job offline; `make test` runs the test suite.
+# Both create .venv with the CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+VENV_TRANSFORMERS4 ?= .venv-transformers4
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test test-transformers4 java
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet $(TORCH_CPU)
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+java:  # pycocoevalcap's PTB tokenizer and METEOR run Java
+	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+
+demo: setup java
+	$(VENV)/bin/python demo.py
+
+test: setup java
+	$(VENV)/bin/python -m pytest
+
+# The Hub-side code (config, model, processor, Auto-class loading) under the last 4.x release.
+$(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV_TRANSFORMERS4)
+	$(VENV_TRANSFORMERS4)/bin/pip install --quiet $(TORCH_CPU)
+	$(VENV_TRANSFORMERS4)/bin/pip install --quiet "transformers==4.57.6" "huggingface_hub<1.0" tokenizers pillow safetensors pytest
+	touch $@
+
+test-transformers4: $(VENV_TRANSFORMERS4)/.installed
+	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_auto_loading.py

@@ -1,0 +1,441 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Image-captioning data shared by training and evaluation, built on 🤗 Datasets.
+
+Every loader returns one `datasets.Dataset` for one split, with the columns of [`CAPTION_FEATURES`]:
+
+- `image_id` (`str`): a stable identifier of the image, e.g. `"shapes-train-00000"` or a COCO id such as `"391895"`.
+- `image` (`datasets.Image()`): decoded lazily to a `PIL.Image.Image` on access. Synthetic images are stored as PNG
+  bytes, COCO images as absolute file paths.
+- `captions` (`list[str]`): one or several reference captions of the image.
+
+Decoding errors of the `image` column surface inside 🤗 Datasets when a row is accessed. A training loop that must
+skip unreadable images reads the raw column instead and decodes it with [`open_image`]:
+
+```python
+>>> raw = dataset.cast_column("image", datasets.Image(decode=False))
+>>> image = open_image(raw[0]["image"])  # RGB `PIL.Image.Image`, or `None` when the file is missing or corrupt
+```
+"""
+
+import io
+import math
+import os
+import random
+
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageOps
+from datasets import Dataset, Features, Image, List, Value, load_dataset
+
+
+CAPTION_FEATURES = Features(
+    {
+        "image_id": Value("string"),
+        "image": Image(),
+        "captions": List(Value("string")),
+    }
+)
+"""The schema shared by every dataset of this module, in column order."""
+
+KARPATHY_SOURCE = "yerevann/coco-karpathy"
+"""Hub dataset holding the Karpathy splits of COCO 2014 (captions and file names, no image bytes)."""
+
+SHAPES_SPLIT_SIZES = {"train": 1000, "validation": 200, "test": 200}
+"""Default number of images of each split of the synthetic shapes dataset in [`load_captions`]."""
+
+SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross")
+SHAPE_COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 90, 230),
+    "yellow": (240, 220, 50),
+    "purple": (140, 60, 190),
+    "orange": (250, 140, 30),
+    "white": (245, 245, 245),
+}
+BACKGROUND_COLORS = {"black": (0, 0, 0), "gray": (128, 128, 128), "white": (255, 255, 255)}
+# Centre of each named position and radius of each named size, as fractions of the image side.
+SHAPE_POSITIONS = {
+    "left": (0.25, 0.5),
+    "right": (0.75, 0.5),
+    "top": (0.5, 0.25),
+    "bottom": (0.5, 0.75),
+    "centre": (0.5, 0.5),
+}
+SHAPE_SIZES = {"small": 0.1, "large": 0.2}
+# Two shapes sit at opposite positions so that even two large ones never overlap.
+OPPOSITE_POSITIONS = (("left", "right"), ("top", "bottom"))
+
+# Caption vocabulary: the references of one image share their content words (colour, shape, position) and vary the
+# wording around them, so that consensus metrics such as CIDEr reward the content.
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+POSITION_PHRASES = {
+    "left": ("on the left", "on the left side", "in the left part of the image", "at the left"),
+    "right": ("on the right", "on the right side", "in the right part of the image", "at the right"),
+    "top": ("at the top", "near the top", "in the upper part of the image", "at the top of the image"),
+    "bottom": ("at the bottom", "near the bottom", "in the lower part of the image", "at the bottom of the image"),
+    "centre": ("in the centre", "in the middle", "in the center of the image", "in the middle of the image"),
+}
+CAPTION_TEMPLATES = (
+    "{scene}.",
+    "there is {scene}.",
+    "an image of {scene}.",
+    "a picture showing {scene}.",
+    "{scene} on a {background} background.",
+    "a {background} background with {scene}.",
+    "a simple drawing of {scene}.",
+)
+CAPTIONS_PER_SHAPES_IMAGE = 5
+# Probability that a reference leaves out the size of a shape ("a red circle" instead of "a big red circle").
+SIZE_OMISSION_PROBABILITY = 0.25
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
+    """Vertices of a `"triangle"`, `"star"` or `"cross"` centred on `(cx, cy)` and fitting in a circle of `radius`."""
+    if shape == "triangle":
+        angles = (-90, 30, 150)
+        return [(cx + radius * math.cos(math.radians(a)), cy + radius * math.sin(math.radians(a))) for a in angles]
+    if shape == "star":
+        points = []
+        for k in range(10):
+            r = radius if k % 2 == 0 else 0.45 * radius
+            angle = math.radians(-90 + 36 * k)
+            points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
+        return points
+    if shape == "cross":
+        w, r = 0.35 * radius, radius
+        outline = (
+            (-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)
+        )  # fmt: skip
+        return [(cx + dx, cy + dy) for dx, dy in outline]
+    raise ValueError(f"Unknown polygon shape {shape!r}.")
+
+
+def _draw_shape(
+    draw: PIL.ImageDraw.ImageDraw, shape: str, color: tuple[int, int, int], cx: float, cy: float, radius: float
+) -> None:
+    """Draws one filled `shape` (one of `SHAPE_NAMES`) of `color` centred on `(cx, cy)`."""
+    if shape == "circle":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=color)
+    elif shape == "square":
+        half = 0.8 * radius
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=color)
+    else:
+        draw.polygon(_shape_polygon(shape, cx, cy, radius), fill=color)
+
+
+def _with_article(phrase: str) -> str:
+    """Prefixes `phrase` with "a" or "an"."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _describe(objects: list[dict[str, str]], background: str, template: str, rng: random.Random) -> str:
+    """Fills `template` with a freshly worded description of `objects` (dicts with shape, color, size, position)."""
+    clauses = []
+    for obj in objects:
+        words = [obj["color"], obj["shape"]]
+        if rng.random() >= SIZE_OMISSION_PROBABILITY:
+            words.insert(0, rng.choice(SIZE_WORDS[obj["size"]]))
+        clauses.append(f"{_with_article(' '.join(words))} {rng.choice(POSITION_PHRASES[obj['position']])}")
+    return template.format(scene=" and ".join(clauses), background=background)
+
+
+def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> Dataset:
+    """
+    Generates a synthetic captioning dataset of one or two coloured shapes on a plain background, fully offline.
+
+    Each image holds a circle, square, triangle, star or cross of one of `SHAPE_COLORS`, small or large, on the left,
+    right, top, bottom or centre of a black, gray or white background, or two such shapes at opposite positions. It
+    comes with `CAPTIONS_PER_SHAPES_IMAGE` distinct reference captions (lower case, ending with a period), e.g.
+    `"a big red circle on the left."` and `"there is a red circle in the left part of the image."`, which all name
+    every shape with its colour and shape word.
+
+    The dataset only depends on `(num_images, seed, image_size, split)`: the same arguments give identical PNG bytes
+    and captions, each split draws from its own random stream, and a smaller `num_images` gives a prefix of a larger
+    one.
+
+    Args:
+        num_images (`int`):
+            Number of images to generate.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the random stream, combined with `split`.
+        image_size (`int`, *optional*, defaults to 64):
+            Side of the square images, in pixels.
+        split (`str`, *optional*, defaults to `"train"`):
+            Name of the split, used in the random stream and in the image ids (`"shapes-{split}-{index:05d}"`).
+
+    Returns:
+        `datasets.Dataset`: the dataset with the columns of `CAPTION_FEATURES`, the images stored as PNG bytes.
+    """
+    # String seeds are hashed with SHA-512 by `random.Random`, so streams are stable across processes and platforms.
+    rng = random.Random(f"shapes/{split}/{seed}")
+    image_ids, images, captions = [], [], []
+    for index in range(num_images):
+        background = rng.choice(list(BACKGROUND_COLORS))
+        if rng.random() < 0.5:
+            positions = [rng.choice(list(SHAPE_POSITIONS))]
+        else:
+            positions = list(rng.choice(OPPOSITE_POSITIONS))
+            rng.shuffle(positions)
+        colors = [color for color in SHAPE_COLORS if color != background]
+        objects = [
+            {
+                "shape": rng.choice(SHAPE_NAMES),
+                "color": rng.choice(colors),
+                "size": rng.choice(list(SHAPE_SIZES)),
+                "position": position,
+            }
+            for position in positions
+        ]
+
+        image = PIL.Image.new("RGB", (image_size, image_size), BACKGROUND_COLORS[background])
+        draw = PIL.ImageDraw.Draw(image)
+        for obj in objects:
+            x, y = SHAPE_POSITIONS[obj["position"]]
+            # Small jitter so that images sharing a description still differ.
+            cx = (x + rng.uniform(-0.03, 0.03)) * image_size
+            cy = (y + rng.uniform(-0.03, 0.03)) * image_size
+            radius = SHAPE_SIZES[obj["size"]] * rng.uniform(0.9, 1.1) * image_size
+            _draw_shape(draw, obj["shape"], SHAPE_COLORS[obj["color"]], cx, cy, radius)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+
+        templates = rng.sample(CAPTION_TEMPLATES, CAPTIONS_PER_SHAPES_IMAGE)
+        image_ids.append(f"shapes-{split}-{index:05d}")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+        captions.append([_describe(objects, background, template, rng) for template in templates])
+
+    return Dataset.from_dict(
+        {"image_id": image_ids, "image": images, "captions": captions}, features=CAPTION_FEATURES, split=split
+    )
+
+
+def _take_first(dataset: Dataset, max_samples: int | None) -> Dataset:
+    """Keeps the first `max_samples` rows of `dataset` (all of them when `None`)."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    return dataset.select(range(max_samples))
+
+
+def _to_common_schema(dataset: Dataset) -> Dataset:
+    """Orders the columns of `dataset` as `CAPTION_FEATURES` and casts them to its types (e.g. paths to images)."""
+    dataset = dataset.select_columns(list(CAPTION_FEATURES))
+    return dataset if dataset.features == CAPTION_FEATURES else dataset.cast(CAPTION_FEATURES)
+
+
+def load_coco_karpathy(
+    image_root: str,
+    split: str,
+    karpathy_source: str = KARPATHY_SOURCE,
+    max_samples: int | None = None,
+    **load_kwargs,
+) -> Dataset:
+    """
+    Loads one Karpathy split of COCO 2014, joining the split file with a local copy of the COCO images.
+
+    The split file has one row per image with the columns `filepath` (`"train2014"` or `"val2014"`), `filename`
+    (e.g. `"COCO_val2014_000000391895.jpg"`), `sentences` (the reference captions) and `cocoid`. The image of a row is
+    read from `{image_root}/{filepath}/{filename}`.
+
+    Args:
+        image_root (`str`):
+            Directory holding the COCO 2014 image folders `train2014/` and `val2014/`. Only the folders used by the
+            selected rows must exist (the Karpathy validation and test splits only use `val2014/`).
+        split (`str`):
+            Split of the split file, e.g. `"train"`, `"validation"`, `"test"` (or `"restval"` where it exists).
+        karpathy_source (`str`, *optional*, defaults to `"yerevann/coco-karpathy"`):
+            Hub dataset, local dataset directory or local parquet file holding the split file. A parquet file is
+            taken as the given `split` whole.
+        max_samples (`int`, *optional*):
+            Keep only the first `max_samples` rows of the split (deterministic, no shuffling).
+        load_kwargs:
+            Forwarded to `datasets.load_dataset` (e.g. `cache_dir`, `revision`).
+
+    Returns:
+        `datasets.Dataset`: the split with the columns of `CAPTION_FEATURES`; `image_id` is the COCO id as a string
+        and `image` holds absolute file paths, decoded lazily.
+
+    Raises:
+        `ValueError`: if `image_root` lacks an image folder the selected rows need.
+    """
+    if os.path.isfile(karpathy_source):
+        karpathy = load_dataset("parquet", data_files={split: karpathy_source}, split=split, **load_kwargs)
+    else:
+        karpathy = load_dataset(karpathy_source, split=split, **load_kwargs)
+    karpathy = _take_first(karpathy, max_samples)
+
+    image_root = os.path.abspath(os.path.expanduser(image_root))
+    for folder in sorted(karpathy.unique("filepath")):
+        if not os.path.isdir(os.path.join(image_root, folder)):
+            raise ValueError(
+                f"The COCO image root {image_root} has no {folder!r} folder, which the Karpathy {split!r} split "
+                "needs. Expected the COCO 2014 images laid out as <image_root>/train2014/COCO_train2014_*.jpg and "
+                "<image_root>/val2014/COCO_val2014_*.jpg."
+            )
+
+    def to_common(batch: dict[str, list]) -> dict[str, list]:
+        return {
+            "image_id": [str(cocoid) for cocoid in batch["cocoid"]],
+            "image": [os.path.join(image_root, d, f) for d, f in zip(batch["filepath"], batch["filename"])],
+            "captions": batch["sentences"],
+        }
+
+    karpathy = karpathy.map(to_common, batched=True, remove_columns=karpathy.column_names)
+    return _to_common_schema(karpathy)
+
+
+def load_caption_dataset(
+    path: str,
+    split: str,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    max_samples: int | None = None,
+    **load_kwargs,
+) -> Dataset:
+    """
+    Loads any image-caption dataset with `datasets.load_dataset` and maps it to `CAPTION_FEATURES`.
+
+    Works with Hub datasets and local ones, e.g. an `imagefolder` directory with a `metadata.jsonl` holding a
+    `file_name` and a caption field per image.
+
+    Args:
+        path (`str`):
+            Hub dataset name or local directory, passed to `datasets.load_dataset`.
+        split (`str`):
+            Split to load.
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Column holding the images (an `Image` feature, or file paths).
+        caption_column (`str`, *optional*, defaults to `"caption"`):
+            Column holding the references of each image: a string (one reference) or a list of strings.
+        id_column (`str`, *optional*):
+            Column holding the image ids, converted to strings. When `None`, the row index is the id.
+        max_samples (`int`, *optional*):
+            Keep only the first `max_samples` rows of the split (deterministic, no shuffling).
+        load_kwargs:
+            Forwarded to `datasets.load_dataset` (e.g. `name`, `data_dir`, `cache_dir`, `revision`).
+
+    Returns:
+        `datasets.Dataset`: the split with the columns of `CAPTION_FEATURES`.
+
+    Raises:
+        `ValueError`: if one of the named columns is missing.
+    """
+    dataset = _take_first(load_dataset(path, split=split, **load_kwargs), max_samples)
+    missing = [
+        column
+        for column in (image_column, caption_column, id_column)
+        if column is not None and column not in dataset.column_names
+    ]
+    if missing:
+        raise ValueError(
+            f"Dataset {path!r} ({split}) has no column {missing}; its columns are {dataset.column_names}."
+        )
+
+    # Only the caption and id columns are read, so the image column passes through `map` without being decoded.
+    def to_common(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        ids = indices if id_column is None else batch[id_column]
+        return {
+            "image_id": [str(image_id) for image_id in ids],
+            "captions": [[c] if isinstance(c, str) else list(c) for c in batch[caption_column]],
+        }
+
+    other_columns = [column for column in dataset.column_names if column != image_column]
+    dataset = dataset.map(to_common, batched=True, with_indices=True, remove_columns=other_columns)
+    if image_column != "image":
+        dataset = dataset.rename_column(image_column, "image")
+    return _to_common_schema(dataset)
+
+
+def load_captions(
+    source: str,
+    split: str,
+    *,
+    image_root: str | None = None,
+    max_samples: int | None = None,
+    seed: int = 0,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    **load_kwargs,
+) -> Dataset:
+    """
+    Loads one split of a captioning dataset named on the command line, with the columns of `CAPTION_FEATURES`.
+
+    Args:
+        source (`str`):
+            `"shapes"` for [`make_shapes_dataset`], `"coco-karpathy"` for [`load_coco_karpathy`], anything else is a
+            dataset for [`load_caption_dataset`].
+        split (`str`):
+            Split to load.
+        image_root (`str`, *optional*):
+            COCO image root, required by `"coco-karpathy"`.
+        max_samples (`int`, *optional*):
+            Number of rows to keep (the first ones). For `"shapes"`, the number of images to generate, defaulting to
+            `SHAPES_SPLIT_SIZES[split]`.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the synthetic `"shapes"` data; the other sources are not shuffled.
+        image_column, caption_column, id_column:
+            Columns of a generic dataset, see [`load_caption_dataset`].
+        load_kwargs:
+            Forwarded to the chosen loader, e.g. `image_size` for `"shapes"`, `karpathy_source` or `cache_dir` for
+            `"coco-karpathy"`, `data_dir` for a generic dataset.
+
+    Returns:
+        `datasets.Dataset`: the split.
+    """
+    if source == "shapes":
+        if max_samples is None:
+            if split not in SHAPES_SPLIT_SIZES:
+                raise ValueError(f"Pass `max_samples` for the shapes split {split!r}: it has no default size.")
+            max_samples = SHAPES_SPLIT_SIZES[split]
+        return make_shapes_dataset(max_samples, seed=seed, split=split, **load_kwargs)
+    if source == "coco-karpathy":
+        if image_root is None:
+            raise ValueError(
+                "The coco-karpathy source needs `image_root`, the directory holding train2014/ and val2014/."
+            )
+        return load_coco_karpathy(image_root, split, max_samples=max_samples, **load_kwargs)
+    return load_caption_dataset(
+        source,
+        split,
+        image_column=image_column,
+        caption_column=caption_column,
+        id_column=id_column,
+        max_samples=max_samples,
+        **load_kwargs,
+    )
+
+
+def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None) -> PIL.Image.Image | None:
+    """
+    Turns a value of an image column into an RGB image, or `None` when there is no readable image.
+
+    Args:
+        value (`PIL.Image.Image`, `str`, `os.PathLike`, `bytes`, `dict` or `None`):
+            A decoded image, a local file path, encoded image bytes, or the `{"bytes": ..., "path": ...}` dict of an
+            undecoded `datasets.Image(decode=False)` column (bytes are used first, the path otherwise).
+
+    Returns:
+        `PIL.Image.Image` or `None`: the image in RGB mode (EXIF orientation applied to files and bytes, as
+        `datasets.Image` does), or `None` if the value is empty or the file is missing, unreadable or corrupt.
+    """
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if value is None:
+        return None
+    if not isinstance(value, (PIL.Image.Image, str, os.PathLike, bytes, bytearray)):
+        raise TypeError(f"Cannot read an image from a value of type {type(value).__name__}.")
+    try:
+        if isinstance(value, PIL.Image.Image):
+            image = value
+        else:
+            image = PIL.Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
+            image.load()
+            PIL.ImageOps.exif_transpose(image, in_place=True)
+        return image.convert("RGB")
+    # Pillow reports broken data through many exception types (OSError, SyntaxError, ValueError, EOFError,
+    # DecompressionBombError, ...); any of them means the image cannot be used.
+    except Exception:
+        return None

@@ -1,0 +1,197 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""VLM configuration: a frozen vision tower, a configurable projector and a causal language model."""
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
+
+# SigLIP-base-patch16-224: 224 px images, 16 px patches -> 196 patch tokens of width 768.
+DEFAULT_VISION_CONFIG: dict[str, Any] = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 16,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+    "vision_use_head": False,
+}
+
+# Qwen2.5-0.5B-Instruct.
+DEFAULT_TEXT_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2",
+    "vocab_size": 151936,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+}
+
+# `<image>` appended to Qwen2.5's tokenizer (151,665 tokens) gets this id.
+DEFAULT_IMAGE_TOKEN_ID = 151665
+
+
+def _build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, Any], name: str) -> PretrainedConfig:
+    if isinstance(value, PretrainedConfig):
+        return value
+    if value is None:
+        value = default
+    if not isinstance(value, dict) or "model_type" not in value:
+        raise ValueError(
+            f"`{name}` must be a PretrainedConfig or a dict with a 'model_type' key, got {value!r}. "
+            f"For example: {{'model_type': '{default['model_type']}', ...}}."
+        )
+    value = dict(value)
+    return AutoConfig.for_model(value.pop("model_type"), **value)
+
+
+class VLMConfig(PretrainedConfig):
+    r"""
+    Configuration of [`VLMForConditionalGeneration`]: a vision tower whose patch tokens are turned into
+    `num_image_tokens` language-model embeddings by a projector, and a causal language model that reads them at
+    the positions of the image placeholder token.
+
+    Args:
+        vision_config (`dict` or `PretrainedConfig`, *optional*):
+            Vision tower config; any model whose `AutoModel` returns patch tokens. Defaults to SigLIP-base-patch16-224.
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Causal language model config. Defaults to Qwen2.5-0.5B-Instruct.
+        projector_type (`str`, *optional*, defaults to `"mlp"`):
+            One of `"linear"` (one Linear), `"mlp"` (LLaVA-1.5: Linear, GELU, Linear), `"qformer"` (BLIP-2 Q-Former
+            with learned queries) or `"perceiver"` (Flamingo Perceiver Resampler with learned latents).
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the MLP projector and of the Q-Former / Perceiver feed-forward blocks.
+        projector_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout inside the Q-Former (attention and hidden states).
+        qformer_num_queries (`int`, *optional*, defaults to 32):
+            Learned queries of the Q-Former, i.e. its number of output tokens.
+        qformer_num_layers (`int`, *optional*, defaults to 12):
+            Q-Former layers (self-attention and FFN in each).
+        qformer_num_heads (`int`, *optional*, defaults to 12):
+            Attention heads of the Q-Former; must divide the vision hidden size.
+        qformer_cross_attention_frequency (`int`, *optional*, defaults to 2):
+            A cross-attention to the patch tokens every this many layers (2: every other layer, starting with the first).
+        perceiver_num_latents (`int`, *optional*, defaults to 64):
+            Learned latents of the Perceiver Resampler, i.e. its number of output tokens.
+        perceiver_num_layers (`int`, *optional*, defaults to 2):
+            Perceiver Resampler layers.
+        perceiver_num_heads (`int`, *optional*, defaults to 12):
+            Attention heads of the Perceiver Resampler; must divide the vision hidden size.
+        projector_ffn_multiplier (`int`, *optional*, defaults to 4):
+            Width of the Q-Former and Perceiver feed-forward blocks, as a multiple of the vision hidden size.
+        vision_feature_layer (`int`, *optional*, defaults to -1):
+            Vision layer whose patch tokens feed the projector. `-1` is the tower's `last_hidden_state` (for SigLIP,
+            after its post-LayerNorm); other values index `hidden_states` (0 = embeddings, k = output of layer k).
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            Placeholder token that the processor repeats `num_image_tokens` times per image.
+        image_token_id (`int`, *optional*, defaults to 151665):
+            Id of `image_token` in the tokenizer.
+    """
+
+    model_type = "vlm"
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: dict | PretrainedConfig | None = None,
+        text_config: dict | PretrainedConfig | None = None,
+        projector_type: str = "mlp",
+        projector_hidden_act: str = "gelu",
+        projector_dropout: float = 0.0,
+        qformer_num_queries: int = 32,
+        qformer_num_layers: int = 12,
+        qformer_num_heads: int = 12,
+        qformer_cross_attention_frequency: int = 2,
+        perceiver_num_latents: int = 64,
+        perceiver_num_layers: int = 2,
+        perceiver_num_heads: int = 12,
+        projector_ffn_multiplier: int = 4,
+        vision_feature_layer: int = -1,
+        image_token: str = "<image>",
+        image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+        **kwargs,
+    ):
+        self.vision_config = _build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
+        self.text_config = _build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config")
+        self.projector_type = projector_type
+        self.projector_hidden_act = projector_hidden_act
+        self.projector_dropout = projector_dropout
+        self.qformer_num_queries = qformer_num_queries
+        self.qformer_num_layers = qformer_num_layers
+        self.qformer_num_heads = qformer_num_heads
+        self.qformer_cross_attention_frequency = qformer_cross_attention_frequency
+        self.perceiver_num_latents = perceiver_num_latents
+        self.perceiver_num_layers = perceiver_num_layers
+        self.perceiver_num_heads = perceiver_num_heads
+        self.projector_ffn_multiplier = projector_ffn_multiplier
+        self.vision_feature_layer = vision_feature_layer
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        self.validate_projector()
+
+    def validate_projector(self) -> None:
+        """Raises `ValueError` naming the field, its value and what is allowed when a projector setting is invalid."""
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(
+                f"Unknown projector_type={self.projector_type!r}; choose one of {', '.join(map(repr, PROJECTOR_TYPES))}."
+            )
+        for name in (
+            "qformer_num_queries",
+            "qformer_num_layers",
+            "qformer_num_heads",
+            "qformer_cross_attention_frequency",
+            "perceiver_num_latents",
+            "perceiver_num_layers",
+            "perceiver_num_heads",
+            "projector_ffn_multiplier",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer.")
+        if not 0.0 <= self.projector_dropout < 1.0:
+            raise ValueError(f"projector_dropout={self.projector_dropout!r} is invalid; it must be in [0, 1).")
+        vision_dim = self.vision_config.hidden_size
+        for name in ("qformer_num_heads", "perceiver_num_heads"):
+            if self.projector_type == name.split("_")[0] and vision_dim % getattr(self, name):
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is invalid; it must divide the vision hidden size ({vision_dim})."
+                )
+        num_layers = self.vision_config.num_hidden_layers
+        # Index `num_layers` is left out: it is `hidden_states[-1]`, which differs between transformers 4.x and 5.x.
+        layer = self.vision_feature_layer
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -num_layers - 1 <= layer < num_layers:
+            raise ValueError(
+                f"vision_feature_layer={layer!r} is invalid; it must be an integer in [{-num_layers - 1}, "
+                f"{num_layers - 1}] for a vision tower with {num_layers} layers (-1: the tower's last_hidden_state)."
+            )
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens the vision tower returns per image."""
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Language-model positions one image occupies: all patches (linear, mlp), or the learned queries/latents."""
+        if self.projector_type == "qformer":
+            return self.qformer_num_queries
+        if self.projector_type == "perceiver":
+            return self.perceiver_num_latents
+        return self.num_patches
+
+
+__all__ = ["VLMConfig"]

@@ -1,0 +1,542 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""PyTorch VLM: a vision tower, a projector chosen by `config.projector_type` and a causal language model.
+
+An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, vision_dim)` -> `multi_modal_projector`
+image embeddings `(num_images, num_image_tokens, text_dim)` -> written over the image placeholder embeddings of the
+prompt -> `language_model` -> logits of the next tokens.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+
+try:
+    from transformers import initialization as init
+except ImportError:  # transformers < 5
+    from torch.nn import init
+
+try:
+    from .configuration_vlm import VLMConfig
+    from .processing_vlm import VLMProcessor, make_chat_template
+except ImportError:  # imported as a local module rather than as remote code
+    from configuration_vlm import VLMConfig
+    from processing_vlm import VLMProcessor, make_chat_template
+
+
+@dataclass
+class VLMProjectorOutput(ModelOutput):
+    r"""
+    image_embeds (`torch.FloatTensor` of shape `(num_images, num_image_tokens, text_hidden_size)`):
+        Image embeddings in the language model's input space.
+    cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        Q-Former / Perceiver attention of the queries or latents, one tensor per layer that attends to the patches,
+        of shape `(num_images, num_heads, num_image_tokens, num_keys)`; `num_keys` is `num_patches` for the Q-Former
+        and `num_patches + num_latents` (patches first) for the Perceiver. Returned with `output_attentions=True`.
+    """
+
+    image_embeds: torch.FloatTensor | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class VLMCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
+        Next-token cross-entropy averaged over the labelled positions (labels != -100).
+    logits (`torch.FloatTensor` of shape `(batch_size, num_kept_positions, vocab_size)`, *optional*):
+        Next-token scores at the positions kept by `logits_to_keep` (all positions by default; none when `labels`
+        is given and `logits_to_keep` is not, because the loss never needs the full logits).
+    past_key_values (`Cache`, *optional*):
+        Key/value cache of the language model.
+    hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+        Language model hidden states, returned with `output_hidden_states=True`.
+    attentions (`tuple[torch.FloatTensor]`, *optional*):
+        Language model attention weights, returned with `output_attentions=True`.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_tokens, text_hidden_size)`, *optional*):
+        Projected image embeddings that were written into the prompt.
+    projector_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        The projector's `cross_attentions` (see [`VLMProjectorOutput`]), returned with `output_attentions=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    projector_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class VLMLinearProjector(nn.Module):
+    """One Linear from the vision width to the language-model width; keeps every patch token."""
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
+        return VLMProjectorOutput(image_embeds=self.linear(vision_features))
+
+
+class VLMMLPProjector(nn.Module):
+    """LLaVA-1.5 projector: Linear(vision -> text), GELU, Linear(text -> text); keeps every patch token."""
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
+        return VLMProjectorOutput(image_embeds=self.linear_2(self.act(self.linear_1(vision_features))))
+
+
+class VLMQFormerProjector(nn.Module):
+    """
+    BLIP-2 Q-Former: `qformer_num_queries` learned queries of the vision width pass through `qformer_num_layers`
+    post-norm BERT layers (self-attention, cross-attention to the patch tokens every
+    `qformer_cross_attention_frequency` layers, FFN), then a Linear maps them to the language-model width.
+
+    The layers are transformers' `Blip2QFormerModel`, whose parameter names follow BERT's, so a BERT checkpoint can
+    initialise the self-attention and FFN weights.
+    """
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        vision_dim = config.vision_config.hidden_size
+        qformer_config = Blip2QFormerConfig(
+            hidden_size=vision_dim,
+            num_hidden_layers=config.qformer_num_layers,
+            num_attention_heads=config.qformer_num_heads,
+            intermediate_size=vision_dim * config.projector_ffn_multiplier,
+            hidden_act=config.projector_hidden_act,
+            hidden_dropout_prob=config.projector_dropout,
+            attention_probs_dropout_prob=config.projector_dropout,
+            cross_attention_frequency=config.qformer_cross_attention_frequency,
+            encoder_hidden_size=vision_dim,
+            # Eager attention returns the cross-attention maps; with 32 queries SDPA would save next to nothing.
+            attn_implementation="eager",
+        )
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.qformer_num_queries, vision_dim))
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.linear = nn.Linear(vision_dim, config.text_config.hidden_size)
+
+    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
+        query_embeds = self.query_tokens.expand(vision_features.shape[0], -1, -1)
+        outputs = self.qformer(
+            query_embeds=query_embeds,
+            encoder_hidden_states=vision_features,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        image_embeds = self.linear(outputs.last_hidden_state.to(self.linear.weight.dtype))
+        return VLMProjectorOutput(image_embeds=image_embeds, cross_attentions=outputs.cross_attentions)
+
+
+class VLMPerceiverAttention(nn.Module):
+    """Multi-head attention of the latents (queries) over `[patch tokens; latents]` (keys and values)."""
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        dim = config.vision_config.hidden_size
+        self.num_heads = config.perceiver_num_heads
+        self.head_dim = dim // self.num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self, latents: torch.Tensor, keys_values: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`latents`: `(batch, num_latents, dim)`; `keys_values`: `(batch, num_keys, dim)`."""
+        batch_size, num_latents, dim = latents.shape
+        query = self.q_proj(latents).view(batch_size, num_latents, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(keys_values).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(keys_values).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        if output_attentions:
+            attn_weights = (query @ key.transpose(-1, -2) * self.head_dim**-0.5).softmax(dim=-1)
+            attn_output = attn_weights @ value
+        else:
+            attn_weights = None
+            attn_output = F.scaled_dot_product_attention(query, key, value)
+        attn_output = attn_output.transpose(1, 2).reshape(batch_size, num_latents, dim)
+        return self.o_proj(attn_output), attn_weights
+
+
+class VLMPerceiverLayer(nn.Module):
+    """Flamingo resampler layer: pre-norm attention of the latents over `[patches; latents]`, pre-norm FFN, residuals."""
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        dim = config.vision_config.hidden_size
+        self.vision_norm = nn.LayerNorm(dim)
+        self.latent_norm = nn.LayerNorm(dim)
+        self.attention = VLMPerceiverAttention(config)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, dim * config.projector_ffn_multiplier),
+            ACT2FN[config.projector_hidden_act],
+            nn.Linear(dim * config.projector_ffn_multiplier, dim),
+        )
+
+    def forward(
+        self, latents: torch.Tensor, vision_features: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        normed_latents = self.latent_norm(latents)
+        keys_values = torch.cat([self.vision_norm(vision_features), normed_latents], dim=1)
+        attn_output, attn_weights = self.attention(normed_latents, keys_values, output_attentions)
+        latents = latents + attn_output
+        latents = latents + self.ffn(self.ffn_norm(latents))
+        return latents, attn_weights
+
+
+class VLMPerceiverResampler(nn.Module):
+    """
+    Flamingo Perceiver Resampler: `perceiver_num_latents` learned latents of the vision width, `perceiver_num_layers`
+    [`VLMPerceiverLayer`]s, a final LayerNorm and a Linear to the language-model width.
+    """
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        dim = config.vision_config.hidden_size
+        self.latents = nn.Parameter(torch.zeros(1, config.perceiver_num_latents, dim))
+        self.layers = nn.ModuleList(VLMPerceiverLayer(config) for _ in range(config.perceiver_num_layers))
+        self.final_norm = nn.LayerNorm(dim)
+        self.linear = nn.Linear(dim, config.text_config.hidden_size)
+
+    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
+        latents = self.latents.expand(vision_features.shape[0], -1, -1)
+        cross_attentions = ()
+        for layer in self.layers:
+            latents, attn_weights = layer(latents, vision_features, output_attentions)
+            cross_attentions += (attn_weights,)
+        return VLMProjectorOutput(
+            image_embeds=self.linear(self.final_norm(latents)),
+            cross_attentions=cross_attentions if output_attentions else None,
+        )
+
+
+PROJECTOR_CLASSES = {
+    "linear": VLMLinearProjector,
+    "mlp": VLMMLPProjector,
+    "qformer": VLMQFormerProjector,
+    "perceiver": VLMPerceiverResampler,
+}
+
+
+class VLMPreTrainedModel(PreTrainedModel):
+    config_class = VLMConfig
+    base_model_prefix = "vlm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VLMQFormerProjector):
+            init.normal_(module.query_tokens, mean=0.0, std=std)
+        elif isinstance(module, VLMPerceiverResampler):
+            init.normal_(module.latents, mean=0.0, std=std)
+
+
+class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
+    """
+    Vision tower + projector + causal language model. Projected image embeddings replace the embeddings of the
+    `config.image_token_id` placeholders (LLaVA-style), `config.num_image_tokens` placeholders per image.
+    """
+
+    def __init__(self, config: VLMConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_vision_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """
+        Patch tokens of `config.vision_feature_layer`: `(num_images, num_patches, vision_hidden_size)` from
+        `pixel_values` of shape `(num_images, num_channels, image_size, image_size)`. These are what the training
+        feature cache stores when the tower is frozen.
+        """
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        layer = self.config.vision_feature_layer
+        if layer == -1:
+            # `last_hidden_state` is after SigLIP's post-LayerNorm in every transformers version; `hidden_states[-1]`
+            # is not (transformers 4.x applies the norm, 5.x does not).
+            return self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return self.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
+        output_attentions: bool = False,
+    ) -> VLMProjectorOutput:
+        """
+        Projected image embeddings `(num_images, num_image_tokens, text_hidden_size)`, from `pixel_values` or from
+        precomputed `vision_features` (the output of [`~VLMForConditionalGeneration.get_vision_features`]).
+        """
+        if vision_features is None:
+            vision_features = self.get_vision_features(pixel_values)
+        projector_dtype = next(self.multi_modal_projector.parameters()).dtype
+        return self.multi_modal_projector(vision_features.to(projector_dtype), output_attentions=output_attentions)
+
+    def merge_image_embeds(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.FloatTensor, image_embeds: torch.FloatTensor
+    ) -> torch.FloatTensor:
+        """Writes `image_embeds` `(num_images, num_image_tokens, dim)` over the placeholder positions of `inputs_embeds`."""
+        placeholder_mask = input_ids == self.config.image_token_id
+        num_placeholders = int(placeholder_mask.sum())
+        num_images, tokens_per_image = image_embeds.shape[:2]
+        if num_placeholders != num_images * tokens_per_image:
+            raise ValueError(
+                f"The input has {num_placeholders} image placeholder tokens ({self.config.image_token!r}, id "
+                f"{self.config.image_token_id}) but {num_images} image(s) x {tokens_per_image} tokens per image = "
+                f"{num_images * tokens_per_image} image features. Build the inputs with VLMProcessor, which expands each "
+                f"{self.config.image_token!r} in the text into {tokens_per_image} placeholders, and pass exactly one "
+                "image per image token."
+            )
+        placeholder_mask = placeholder_mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(placeholder_mask, image_embeds.to(inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLMCausalLMOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids, with `num_image_tokens` image placeholders per image (as built by [`VLMProcessor`]).
+        pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, image_size, image_size)`, *optional*):
+            The images, in the order of their placeholders in the batch.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Target ids, `-100` where no loss is wanted; shifted inside the model, as for any causal LM.
+        vision_features (`torch.FloatTensor` of shape `(num_images, num_patches, vision_hidden_size)`, *optional*):
+            Precomputed vision-tower features, used instead of `pixel_values` (feature cache of a frozen tower).
+        logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            Keep logits of the last `logits_to_keep` positions (`0`: all), or of the given positions. Defaults to all
+            positions without `labels` and to none with `labels`.
+        num_items_in_batch (`int`, *optional*):
+            Labelled tokens of the whole (accumulated) batch; the loss is then the sum over this batch divided by it.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = None
+        if pixel_values is not None or vision_features is not None:
+            if input_ids is None:
+                raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
+            image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
+            inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
+        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                f"The input has image placeholder tokens ({self.config.image_token!r}) but no `pixel_values` or "
+                "`vision_features`; pass the images the processor returned."
+            )
+
+        outputs = self.language_model.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        loss = None
+        if labels is not None:
+            loss = self.causal_lm_loss(hidden_states, labels, num_items_in_batch)
+        if logits_to_keep is None:
+            logits_to_keep = None if labels is not None else 0
+        logits = None
+        if logits_to_keep is not None:
+            positions = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.get_output_embeddings()(hidden_states[:, positions])
+
+        return VLMCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_outputs.image_embeds if image_outputs is not None else None,
+            projector_attentions=image_outputs.cross_attentions if image_outputs is not None else None,
+        )
+
+    def causal_lm_loss(
+        self,
+        hidden_states: torch.FloatTensor,
+        labels: torch.LongTensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> torch.FloatTensor:
+        """
+        Next-token cross-entropy from `hidden_states` `(batch, seq, dim)`; the LM head runs only on the positions whose
+        next token is labelled, so the `(batch, seq, vocab)` logits are never materialised.
+        """
+        next_token_labels = labels[:, 1:].to(hidden_states.device)
+        labelled = next_token_labels != -100
+        logits = self.get_output_embeddings()(hidden_states[:, :-1][labelled]).float()
+        loss = F.cross_entropy(logits, next_token_labels[labelled], reduction="sum")
+        if num_items_in_batch is None:
+            num_items_in_batch = labelled.sum()
+        return loss / num_items_in_batch
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
+        **kwargs,
+    ) -> dict:
+        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        # Images enter at the prefill step only; afterwards their keys and values are in the cache.
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            model_inputs["pixel_values"] = pixel_values
+            model_inputs["vision_features"] = vision_features
+        return model_inputs
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Saves safetensors weights, the config with an `auto_map` for every Auto class, and the remote-code files."""
+        register_auto_classes(self)
+        super().save_pretrained(save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained_backbones(
+        cls,
+        vision: str | os.PathLike,
+        text: str | os.PathLike,
+        projector_type: str = "mlp",
+        image_token: str = "<image>",
+        dtype: torch.dtype | None = None,
+        **config_kwargs,
+    ) -> tuple["VLMForConditionalGeneration", VLMProcessor]:
+        """
+        A new model whose vision tower and language model are loaded from pretrained checkpoints (Hub ids or local
+        directories) and whose projector is freshly initialised, with the matching [`VLMProcessor`].
+
+        The vision checkpoint may be a vision-only model or a dual encoder (e.g. `google/siglip-base-patch16-224`),
+        whose vision half is used. `image_token` is added to the tokenizer and the embeddings are resized if needed.
+        """
+        vision_config = AutoConfig.from_pretrained(vision)
+        vision_config = getattr(vision_config, "vision_config", vision_config)
+        if hasattr(vision_config, "vision_use_head"):
+            vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
+        vision_tower = AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
+        language_model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
+
+        tokenizer = AutoTokenizer.from_pretrained(text, padding_side="left")
+        tokenizer.add_tokens([image_token], special_tokens=True)
+        if len(tokenizer) > language_model.config.vocab_size:
+            language_model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+
+        config = VLMConfig(
+            vision_config=vision_tower.config,
+            text_config=language_model.config,
+            projector_type=projector_type,
+            image_token=image_token,
+            image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+            **config_kwargs,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.vision_tower = vision_tower
+        model.language_model = language_model
+        model.multi_modal_projector = PROJECTOR_CLASSES[projector_type](config)
+        model.multi_modal_projector.apply(model._init_weights)
+        model.multi_modal_projector.to(dtype or torch.float32)
+        model.generation_config = language_model.generation_config
+        model.tie_weights()
+
+        processor = VLMProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(vision),
+            tokenizer=tokenizer,
+            num_image_tokens=config.num_image_tokens,
+            image_token=image_token,
+            chat_template=make_chat_template(image_token),
+        )
+        return model, processor
+
+
+def register_auto_classes(model: VLMForConditionalGeneration) -> None:
+    """
+    Writes the `auto_map` that lets every Auto class load this model with `trust_remote_code=True`.
+
+    `AutoModelForVision2Seq` (transformers 4.x) is written into the config directly: transformers 5.x has no such
+    class and `register_for_auto_class` refuses it there.
+    """
+    model.__class__.register_for_auto_class("AutoModelForImageTextToText")
+    model_ref = f"{model.__class__.__module__.split('.')[-1]}.{model.__class__.__name__}"
+    config_ref = f"{model.config.__class__.__module__.split('.')[-1]}.{model.config.__class__.__name__}"
+    model.config.auto_map = {
+        "AutoConfig": config_ref,
+        "AutoModel": model_ref,
+        "AutoModelForCausalLM": model_ref,
+        "AutoModelForImageTextToText": model_ref,
+        "AutoModelForVision2Seq": model_ref,
+        "AutoProcessor": "processing_vlm.VLMProcessor",
+    }
+
+
+__all__ = ["VLMPreTrainedModel", "VLMForConditionalGeneration"]

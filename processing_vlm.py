@@ -1,0 +1,203 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""VLM processor: an image processor (SigLIP's by default) and a tokenizer (Qwen2's by default) in one object."""
+
+import os
+
+import torch
+import transformers
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import is_pil_image, load_image
+
+
+IGNORE_INDEX = -100
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+
+
+def make_chat_template(image_token: str = "<image>") -> str:
+    """Qwen2.5's ChatML template, where an `{"type": "image"}` content part becomes `image_token`."""
+    return (
+        "{%- for message in messages %}"
+        "{%- if loop.first and message['role'] != 'system' %}"
+        "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+        "{%- endif %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{%- for part in message['content'] %}"
+        f"{{%- if part['type'] == 'image' %}}{{{{- '{image_token}' }}}}"
+        "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+        "{%- endfor %}{%- endif %}"
+        "{{- '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+
+
+def to_rgb_image(image):
+    """
+    Turns a path or URL, a PIL image of any mode (L, RGBA, P, CMYK, ...), or an array / tensor of shape `(H, W)`,
+    `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels (values 0-255, or floats 0-1) into an RGB PIL image.
+    Transparent pixels are composited on white.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            image = load_image(str(image))
+            image.load()
+        except Exception as error:
+            raise ValueError(
+                f"Could not read the image {str(image)!r} ({type(error).__name__}: {error}). Pass a path or URL of a "
+                "readable image file, a PIL.Image, a numpy array or a torch tensor."
+            ) from error
+    elif not is_pil_image(image):
+        array = image if isinstance(image, torch.Tensor) else torch.tensor(image)
+        if array.ndim == 2:
+            array = array.unsqueeze(-1)
+        if array.ndim != 3:
+            raise ValueError(f"An image array must have 2 or 3 dimensions, got shape {tuple(array.shape)}.")
+        if array.shape[-1] == 4:
+            array = array[..., :3]
+        elif array.shape[0] == 4 and array.shape[-1] not in (1, 3):
+            array = array[:3]
+        image = to_pil_image(array)
+    try:
+        if "A" in image.getbands() or "transparency" in image.info:
+            image = image.convert("RGBA")
+            background = image.copy()
+            background.paste((255, 255, 255, 255), (0, 0, *image.size))
+            background.alpha_composite(image)
+            image = background
+        return image.convert("RGB")
+    except OSError as error:
+        raise ValueError(f"Could not decode the image {image!r} ({error}); the file is truncated or corrupt.") from error
+
+
+class VLMProcessor(ProcessorMixin):
+    r"""
+    Prepares images and text for [`VLMForConditionalGeneration`]: each `image_token` in the text becomes
+    `num_image_tokens` placeholder tokens, and the images become `pixel_values`.
+
+    Args:
+        image_processor ([`BaseImageProcessor`]):
+            The vision tower's image processor (SigLIP: resize to 224x224, rescale by 1/255, normalise to [-1, 1]).
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The language model's tokenizer, with `image_token` among its special tokens.
+        chat_template (`str`, *optional*):
+            Jinja chat template; [`make_chat_template`] gives Qwen2.5's with image content parts.
+        num_image_tokens (`int`, *optional*, defaults to 196):
+            Placeholders per image; must equal the model's `config.num_image_tokens`.
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            The image placeholder token.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    if int(transformers.__version__.split(".")[0]) < 5:  # 5.x finds the sub-processors from the __init__ arguments
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
+    valid_kwargs = ["chat_template", "num_image_tokens", "image_token"]
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template: str | None = None,
+        num_image_tokens: int = 196,
+        image_token: str = "<image>",
+        **kwargs,
+    ):
+        self.num_image_tokens = num_image_tokens
+        self.image_token = image_token
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        if image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer has no {image_token!r} token; add it with "
+                f"`tokenizer.add_tokens([{image_token!r}], special_tokens=True)` (and resize the model's embeddings)."
+            )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    def __call__(
+        self,
+        images=None,
+        text: str | list[str] | None = None,
+        padding: bool | str = True,
+        return_tensors: str | None = None,
+        videos=None,
+        audio=None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenises `text` (one string or a batch) with every `image_token` expanded to `num_image_tokens` placeholders,
+        and preprocesses `images`: one image, a flat list in the order of the image tokens in the batch, or one list
+        per text. Returns `input_ids`, `attention_mask` and, with images, `pixel_values` of shape
+        `(num_images, 3, height, width)`. Batches of mixed lengths are padded (on the tokenizer's `padding_side`).
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("VLMProcessor handles images and text only; got `videos` or `audio`.")
+        if text is None:
+            raise ValueError("VLMProcessor needs `text`; put one image token per image in it, e.g. via apply_chat_template.")
+        texts = [text] if isinstance(text, str) else list(text)
+        flat_images = self._flatten_images(images, texts)
+        num_tokens = sum(sample.count(self.image_token) for sample in texts)
+        if num_tokens != len(flat_images):
+            raise ValueError(
+                f"The text has {num_tokens} image tokens ({self.image_token!r}) but {len(flat_images)} images were "
+                f"given; put one {self.image_token!r} in the text (or one {{'type': 'image'}} part in the chat message) "
+                "for each image."
+            )
+        expanded = [sample.replace(self.image_token, self.image_token * self.num_image_tokens) for sample in texts]
+        data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
+        if flat_images:
+            rgb_images = [to_rgb_image(image) for image in flat_images]
+            data["pixel_values"] = self.image_processor(rgb_images, return_tensors=return_tensors)["pixel_values"]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _flatten_images(self, images, texts: list[str]) -> list:
+        if images is None:
+            return []
+        if not isinstance(images, (list, tuple)):
+            return [images]
+        if images and all(isinstance(per_text, (list, tuple)) for per_text in images):
+            if len(images) != len(texts):
+                raise ValueError(f"Got {len(images)} lists of images for {len(texts)} texts; give one list per text.")
+            for index, (per_text, sample) in enumerate(zip(images, texts)):
+                if len(per_text) != sample.count(self.image_token):
+                    raise ValueError(
+                        f"Text {index} has {sample.count(self.image_token)} image tokens ({self.image_token!r}) but "
+                        f"{len(per_text)} images were given for it."
+                    )
+            return [image for per_text in images for image in per_text]
+        return list(images)
+
+    def build_labels(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """
+        Training labels for `input_ids` `(batch, seq)`: the ids of every assistant answer and its end-of-turn token,
+        `-100` everywhere else (system and user turns, image placeholders, padding).
+        """
+        header = self.tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
+        end_of_turn = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, ids in enumerate(input_ids.tolist()):
+            position = 0
+            while position <= len(ids) - len(header):
+                if ids[position : position + len(header)] != header:
+                    position += 1
+                    continue
+                start = end = position + len(header)
+                while end < len(ids) and ids[end] != end_of_turn:
+                    end += 1
+                end = min(end + 1, len(ids))  # the end-of-turn token is supervised too: it is what stops generation
+                labels[row, start:end] = input_ids[row, start:end]
+                position = end
+        return labels
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """Saves the processor with an `auto_map` so that `AutoProcessor(..., trust_remote_code=True)` finds this class."""
+        self.register_for_auto_class()
+        return super().save_pretrained(save_directory, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(dict.fromkeys(self.tokenizer.model_input_names + ["pixel_values"]))
+
+
+__all__ = ["VLMProcessor"]

@@ -1,0 +1,114 @@
+"""
+Saved models load through the Auto classes with `trust_remote_code=True` in a fresh process that cannot see the
+repository, and give the same logits and tokens. CI runs this file under transformers 5.x and 4.57.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers
+from conftest import PROJECTOR_TYPES, caption_messages
+
+from tiny_vlm import build_tiny_vlm
+
+
+# 4.57 has AutoModelForVision2Seq and AutoModelForImageTextToText; 5.x only the latter.
+MODEL_AUTO_CLASSES = ["AutoModelForImageTextToText"] + (
+    ["AutoModelForVision2Seq"] if hasattr(transformers, "AutoModelForVision2Seq") else []
+)
+
+LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import torch, transformers
+    from PIL import Image
+    from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
+
+    assert not any(path.endswith("main") or "configuration_vlm" in path for path in sys.path)
+    request = json.loads(sys.argv[1])
+    image = Image.new("RGB", (48, 40), (220, 30, 30))
+    results = {}
+    for directory in request["directories"]:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
+        prompt = processor.apply_chat_template(request["messages"], add_generation_prompt=True)
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+        result = {"config_class": type(config).__name__, "processor_class": type(processor).__name__}
+        for auto_class in request["auto_classes"] + ["AutoModel"]:
+            model = getattr(transformers, auto_class).from_pretrained(directory, trust_remote_code=True)
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+            result[auto_class] = {"class": type(model).__name__, "logits": logits.flatten().tolist(), "tokens": generated.tolist()}
+        chat = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Describe the image briefly."}]}]
+        captioner = pipeline("image-text-to-text", model=directory, trust_remote_code=True)
+        output = captioner(text=chat, max_new_tokens=4, return_full_text=False)
+        result["pipeline"] = output[0]["generated_text"]
+        results[directory] = result
+    print("RESULTS" + json.dumps(results))
+    """
+)
+
+
+def load_in_fresh_process(directories: list[str], cwd) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    request = {"directories": directories, "messages": caption_messages(), "auto_classes": MODEL_AUTO_CLASSES}
+    process = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(request)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(process.stdout.split("RESULTS", 1)[1])
+
+
+def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
+    image = images[0]
+    expected, directories = {}, []
+    for projector_type in PROJECTOR_TYPES:
+        model, processor = build_tiny_vlm(projector_type, seed=7)
+        directory = tmp_path / f"vlm-{projector_type}"
+        model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        saved = set(os.listdir(directory))
+        assert {"configuration_vlm.py", "modeling_vlm.py", "processing_vlm.py", "model.safetensors"} <= saved
+        assert not any(name.endswith(".bin") for name in saved)
+        auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+        assert auto_map["AutoModelForVision2Seq"] == auto_map["AutoModelForImageTextToText"] == auto_map["AutoModel"]
+        assert auto_map["AutoProcessor"] == "processing_vlm.VLMProcessor"
+
+        prompt = processor.apply_chat_template(caption_messages(), add_generation_prompt=True)
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        expected[str(directory)] = (logits.flatten().tolist(), model.generate(**inputs, max_new_tokens=6, do_sample=False).tolist())
+        directories.append(str(directory))
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    results = load_in_fresh_process(directories, cwd=outside)
+    for directory in directories:
+        result = results[directory]
+        assert result["config_class"] == "VLMConfig" and result["processor_class"] == "VLMProcessor"
+        expected_logits, expected_tokens = expected[directory]
+        for auto_class in MODEL_AUTO_CLASSES + ["AutoModel"]:
+            assert result[auto_class]["class"] == "VLMForConditionalGeneration"
+            assert result[auto_class]["logits"] == expected_logits, f"{auto_class} logits differ for {directory}"
+            assert result[auto_class]["tokens"] == expected_tokens, f"{auto_class} tokens differ for {directory}"
+        assert isinstance(result["pipeline"], str)
+
+
+@pytest.mark.parametrize("projector_type", ["qformer"])
+def test_processor_round_trip_keeps_settings(tmp_path, projector_type):
+    model, processor = build_tiny_vlm(projector_type)
+    processor.save_pretrained(tmp_path)
+    reloaded = transformers.AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert reloaded.num_image_tokens == processor.num_image_tokens == model.config.num_image_tokens
+    assert reloaded.image_token == "<image>" and reloaded.image_token_id == model.config.image_token_id
+    assert reloaded.chat_template == processor.chat_template
+    assert reloaded.tokenizer.padding_side == "left"
+    assert reloaded.image_processor.size == processor.image_processor.size

@@ -1,0 +1,276 @@
+"""VLMForConditionalGeneration: shapes, loss, image merging, generation, and what passes through to the towers."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import PROJECTOR_TYPES, caption_messages
+
+from configuration_vlm import VLMConfig
+from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration
+from tiny_vlm import build_tiny_vlm
+
+
+def caption_batch(processor, images, answers=None):
+    """A left-padded batch of captioning prompts (with answers and labels when `answers` is given)."""
+    if answers is None:
+        texts = [processor.apply_chat_template(caption_messages(), add_generation_prompt=True) for _ in images]
+    else:
+        texts = [processor.apply_chat_template(caption_messages(answer)) for answer in answers]
+    batch = processor(images=images, text=texts, return_tensors="pt")
+    if answers is not None:
+        batch["labels"] = processor.build_labels(batch["input_ids"])
+    return batch
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+def test_forward_shapes_and_image_tokens(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    batch = caption_batch(processor, images[:2])
+    num_image_tokens = model.config.num_image_tokens
+    expected_tokens = {"linear": 16, "mlp": 16, "qformer": 8, "perceiver": 8}[projector_type]
+    assert num_image_tokens == processor.num_image_tokens == expected_tokens
+    assert ((batch["input_ids"] == model.config.image_token_id).sum(dim=1) == num_image_tokens).all()
+
+    with torch.no_grad():
+        outputs = model(**batch)
+    batch_size, seq_len = batch["input_ids"].shape
+    assert outputs.logits.shape == (batch_size, seq_len, model.config.text_config.vocab_size)
+    assert outputs.image_hidden_states.shape == (2, num_image_tokens, model.config.text_config.hidden_size)
+    assert outputs.loss is None
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+def test_loss_on_labelled_positions_equals_full_logits_loss(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    batch = caption_batch(processor, images[:2], answers=["a red box.", "a tall blue picture of the sky."])
+    with torch.no_grad():
+        outputs = model(**batch)
+        full_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert outputs.logits is None, "with labels and no logits_to_keep, no logits are materialised"
+    reference = F.cross_entropy(
+        full_logits[:, :-1].reshape(-1, full_logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
+    assert torch.isfinite(outputs.loss)
+    torch.testing.assert_close(outputs.loss, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_logits_to_keep_keeps_last_positions(images):
+    model, processor = build_tiny_vlm("mlp")
+    batch = caption_batch(processor, images[:1])
+    with torch.no_grad():
+        full = model(**batch).logits
+        last = model(**batch, logits_to_keep=1).logits
+    assert last.shape[1] == 1
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_vision_features_give_the_same_output_as_pixel_values(images):
+    model, processor = build_tiny_vlm("perceiver")
+    batch = caption_batch(processor, images[:2])
+    with torch.no_grad():
+        from_pixels = model(**batch).logits
+        features = model.get_vision_features(batch["pixel_values"])
+        from_features = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], vision_features=features).logits
+    assert features.shape == (2, model.config.num_patches, model.config.vision_config.hidden_size)
+    torch.testing.assert_close(from_pixels, from_features)
+
+
+def test_vision_feature_layer_selects_hidden_state(images):
+    model, processor = build_tiny_vlm("mlp", vision_feature_layer=-2)
+    pixel_values = processor(images=images[:1], text=["<image>"], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
+        last = model.vision_tower(pixel_values=pixel_values).last_hidden_state
+        torch.testing.assert_close(model.get_vision_features(pixel_values), expected)
+    assert not torch.allclose(expected, last)
+
+
+def test_placeholder_count_mismatch_raises(images):
+    model, processor = build_tiny_vlm("qformer")
+    batch = caption_batch(processor, images[:2])
+    with pytest.raises(ValueError, match=r"16 image placeholder tokens .* but 1 image\(s\) x 8 tokens per image = 8"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"][:1])
+    with pytest.raises(ValueError, match="image placeholder tokens .* but no `pixel_values`"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_text_only_batch(images):
+    model, processor = build_tiny_vlm("mlp")
+    texts = [processor.apply_chat_template([{"role": "user", "content": "Hello there."}], add_generation_prompt=True)]
+    batch = processor(text=texts, return_tensors="pt")
+    assert "pixel_values" not in batch
+    with torch.no_grad():
+        outputs = model(**batch)
+    assert outputs.logits.shape[:2] == batch["input_ids"].shape and outputs.image_hidden_states is None
+    generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+def test_overfits_two_image_caption_pairs(projector_type, images):
+    torch.manual_seed(0)
+    model, processor = build_tiny_vlm(projector_type)
+    model.train()
+    batch = caption_batch(processor, images[:2], answers=["a red square.", "a blue sky."])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+def test_generation_with_cache_equals_without_cache(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    batch = caption_batch(processor, images[:1])
+    with_cache = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=True)
+    without_cache = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without_cache)
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+def test_batched_left_padded_generation_equals_one_by_one(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    texts = [
+        processor.apply_chat_template(caption_messages(), add_generation_prompt=True),
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour dominates this picture?"}]}],
+            add_generation_prompt=True,
+        ),
+    ]
+    batch = processor(images=images[:2], text=texts, return_tensors="pt")
+    assert processor.tokenizer.padding_side == "left" and (batch["attention_mask"][:, 0] == 0).any()
+    batched = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    prompt_len = batch["input_ids"].shape[1]
+    for index, (image, text) in enumerate(zip(images, texts)):
+        single = processor(images=[image], text=[text], return_tensors="pt")
+        alone = model.generate(**single, max_new_tokens=8, do_sample=False)
+        assert batched[index, prompt_len:].tolist() == alone[0, single["input_ids"].shape[1] :].tolist()
+
+
+def test_beam_search_and_sampling(images):
+    model, processor = build_tiny_vlm("qformer")
+    batch = caption_batch(processor, images[:2])
+    beams = model.generate(**batch, max_new_tokens=5, num_beams=3, do_sample=False)
+    assert beams.shape[0] == 2
+    torch.manual_seed(1)
+    first = model.generate(**batch, max_new_tokens=5, do_sample=True, top_k=20)
+    torch.manual_seed(1)
+    second = model.generate(**batch, max_new_tokens=5, do_sample=True, top_k=20)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("projector_type", ["mlp", "qformer", "perceiver"])
+def test_gradient_checkpointing_gives_the_same_gradients(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    model.train()
+    batch = caption_batch(processor, images[:2], answers=["red.", "blue."])
+
+    def projector_grads():
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return [p.grad.clone() for p in model.multi_modal_projector.parameters()]
+
+    reference = projector_grads()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.language_model.is_gradient_checkpointing and model.vision_tower.is_gradient_checkpointing
+    for expected, actual in zip(reference, projector_grads()):
+        torch.testing.assert_close(actual, expected)
+
+
+def test_attention_implementation_and_dtype_pass_through_to_the_towers(images):
+    _, processor = build_tiny_vlm("mlp")
+    eager, _ = build_tiny_vlm("mlp", attn_implementation="eager")
+    sdpa, _ = build_tiny_vlm("mlp", attn_implementation="sdpa")
+    for model, implementation in ((eager, "eager"), (sdpa, "sdpa")):
+        assert model.vision_tower.config._attn_implementation == implementation
+        assert model.language_model.config._attn_implementation == implementation
+    batch = caption_batch(processor, images[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(**batch).logits, eager(**batch).logits, rtol=1e-4, atol=1e-5)
+        sdpa.to(torch.bfloat16)
+        bf16_logits = sdpa(**batch).logits
+    assert bf16_logits.dtype == torch.bfloat16 and torch.isfinite(bf16_logits.float()).all()
+    assert sdpa.vision_tower.dtype == sdpa.language_model.dtype == torch.bfloat16
+
+
+def test_qformer_layout_follows_blip2_and_bert():
+    model, _ = build_tiny_vlm("qformer", qformer_num_layers=4, qformer_cross_attention_frequency=2)
+    layers = model.multi_modal_projector.qformer.encoder.layer
+    assert [layer.has_cross_attention for layer in layers] == [True, False, True, False]
+    names = {name for name, _ in model.multi_modal_projector.named_parameters()}
+    # BERT's self-attention / FFN parameter names, as in transformers' BLIP-2 Q-Former.
+    assert "qformer.encoder.layer.1.attention.attention.query.weight" in names
+    assert "qformer.encoder.layer.1.intermediate_query.dense.weight" in names
+    assert "qformer.encoder.layer.0.crossattention.attention.key.weight" in names
+    assert "qformer.encoder.layer.1.crossattention.attention.key.weight" not in names
+    vision_dim = model.config.vision_config.hidden_size
+    assert layers[0].intermediate_query.dense.out_features == 4 * vision_dim
+    assert model.multi_modal_projector.query_tokens.shape == (1, 8, vision_dim)
+
+
+def test_projector_attentions_are_distributions_over_the_patches(images):
+    for projector_type, num_layers in (("qformer", 1), ("perceiver", 2)):
+        model, processor = build_tiny_vlm(projector_type)
+        batch = caption_batch(processor, images[:2])
+        with torch.no_grad():
+            attentions = model(**batch, output_attentions=True).projector_attentions
+        num_patches = model.config.num_patches
+        num_keys = num_patches + (8 if projector_type == "perceiver" else 0)
+        assert len(attentions) == num_layers
+        for attention in attentions:
+            assert attention.shape == (2, 2, 8, num_keys)
+            torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2, 8))
+
+
+def test_real_size_projectors_match_seed_000():
+    """Parameter counts of the projectors between SigLIP-base (768) and Qwen2.5-0.5B (896), built from configs only."""
+    vision, text = 768, 896
+    config = VLMConfig()
+    assert (config.num_patches, VLMConfig(projector_type="qformer").num_image_tokens) == (196, 32)
+    assert VLMConfig(projector_type="perceiver").num_image_tokens == 64
+    counts = {
+        projector_type: sum(p.numel() for p in PROJECTOR_CLASSES[projector_type](VLMConfig(projector_type=projector_type)).parameters())
+        for projector_type in PROJECTOR_CLASSES
+    }
+    assert counts["linear"] == vision * text + text
+    assert counts["mlp"] == vision * text + text + text * text + text
+    bert_layer = 4 * (vision * vision + vision) + 2 * vision + 2 * vision * 4 * vision + 5 * vision + 2 * vision
+    cross_layer = 4 * (vision * vision + vision) + 2 * vision
+    qformer = 32 * vision + 2 * vision + 12 * bert_layer + 6 * cross_layer + vision * text + text
+    assert counts["qformer"] == qformer
+    perceiver_layer = 3 * 2 * vision + 4 * vision * vision + 2 * vision * 4 * vision + 5 * vision
+    assert counts["perceiver"] == 64 * vision + 2 * perceiver_layer + 2 * vision + vision * text + text
+
+
+def test_from_pretrained_backbones_with_local_directories(tmp_path, images):
+    """The real-recipe builder, on local tiny checkpoints: towers keep their weights, the image token is added."""
+    tiny, tiny_processor = build_tiny_vlm("mlp", seed=3)
+    tiny.vision_tower.save_pretrained(tmp_path / "vision")
+    tiny_processor.image_processor.save_pretrained(tmp_path / "vision")
+    tiny.language_model.save_pretrained(tmp_path / "text")
+    tokenizer = tiny_processor.tokenizer
+    tokenizer.save_pretrained(tmp_path / "text")
+
+    model, processor = VLMForConditionalGeneration.from_pretrained_backbones(
+        vision=tmp_path / "vision", text=tmp_path / "text", projector_type="perceiver", image_token="<img>", perceiver_num_heads=2
+    )
+    assert processor.image_token == "<img>" and processor.num_image_tokens == model.config.num_image_tokens == 64
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<img>") == len(tokenizer)
+    assert model.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    for name, tensor in tiny.vision_tower.state_dict().items():
+        assert torch.equal(model.vision_tower.state_dict()[name], tensor), name
+    torch.testing.assert_close(
+        model.language_model.model.layers[0].self_attn.q_proj.weight, tiny.language_model.model.layers[0].self_attn.q_proj.weight
+    )
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    prompt = processor.apply_chat_template(caption_messages(), add_generation_prompt=True)
+    assert "<img>" in prompt
+    batch = processor(images=images[:1], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()

@@ -1,0 +1,162 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Tiny, complete VLMs built offline: a tiny SigLIP and a tiny Qwen2 with random weights, and a processor whose
+tokenizer is a small byte-level BPE trained on the fly with Qwen's pre-tokenizer, special tokens and chat template.
+Tests, the offline demo and the benchmarks use them; nothing here is downloaded.
+"""
+
+import functools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, SiglipImageProcessor
+
+from configuration_vlm import VLMConfig
+from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor, make_chat_template
+
+
+# Qwen2's pre-tokenizer split (from its tokenizer.json), followed by byte-level encoding.
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+ENDOFTEXT, IM_START, IM_END, IMAGE_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"
+TINY_VOCAB_SIZE = 1024
+
+TINY_VISION_CONFIG: dict[str, Any] = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_use_head": False,
+}
+TINY_TEXT_CONFIG: dict[str, Any] = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+}
+TINY_PROJECTOR_CONFIG: dict[str, Any] = {
+    "qformer_num_queries": 8,
+    "qformer_num_layers": 2,
+    "qformer_num_heads": 2,
+    "perceiver_num_latents": 8,
+    "perceiver_num_layers": 2,
+    "perceiver_num_heads": 2,
+}
+
+
+def _training_corpus() -> list[str]:
+    """English the tiny models will read and write: the chat frame, captioning prompts and shape descriptions."""
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "pink"]
+    shapes = ["circle", "square", "triangle", "star", "cross", "rectangle", "disc", "dot", "box", "shape"]
+    places = ["on the left", "on the right", "at the top", "at the bottom", "in the centre", "in the middle"]
+    sizes = ["small", "large", "big", "little", "tiny", "huge"]
+    lines = [
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        "Describe the image briefly.",
+        "A photo of a cat sitting on a sofa next to a window.",
+        "There is a picture of a man riding a bicycle down the street.",
+        "The image shows two people standing near a table with food.",
+    ]
+    for colour in colours:
+        for shape in shapes:
+            for size, place in zip(sizes, places):
+                lines.append(f"A {size} {colour} {shape} {place} of the image.")
+                lines.append(f"There is a {colour} {shape} {place}; it is {size}.")
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_tokenizer_files(image_token: str) -> str:
+    """Trains the BPE once per process and writes it as a Qwen2 tokenizer directory; returns the directory."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=[ENDOFTEXT, IM_START, IM_END, image_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_corpus(), trainer)
+    directory = Path(tempfile.mkdtemp(prefix="tiny-qwen2-tokenizer-"))
+    tokenizer.save(str(directory / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "bos_token": None,
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+        "unk_token": None,
+        "additional_special_tokens": [IM_START, IM_END, image_token],
+        "padding_side": "left",
+        "model_max_length": 512,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return str(directory)
+
+
+def build_tiny_tokenizer(image_token: str = IMAGE_TOKEN) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer and special tokens, trained offline in well under a second."""
+    return AutoTokenizer.from_pretrained(_tiny_tokenizer_files(image_token))
+
+
+def build_tiny_processor(num_image_tokens: int, image_token: str = IMAGE_TOKEN) -> VLMProcessor:
+    """SigLIP preprocessing at the tiny tower's 32x32 resolution, with the tiny tokenizer and Qwen's chat template."""
+    image_size = TINY_VISION_CONFIG["image_size"]
+    return VLMProcessor(
+        image_processor=SiglipImageProcessor(size={"height": image_size, "width": image_size}),
+        tokenizer=build_tiny_tokenizer(image_token),
+        chat_template=make_chat_template(image_token),
+        num_image_tokens=num_image_tokens,
+        image_token=image_token,
+    )
+
+
+def build_tiny_vlm(
+    projector_type: str, seed: int = 0, **overrides
+) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
+    """
+    A complete tiny VLM with random weights and its processor, identical for a given `seed`. `overrides` are
+    [`VLMConfig`] arguments; `vision_config` / `text_config` dicts update the tiny towers' settings.
+    """
+    vision_config = {**TINY_VISION_CONFIG, **overrides.pop("vision_config", {})}
+    text_config = {**TINY_TEXT_CONFIG, **overrides.pop("text_config", {})}
+    image_token = overrides.pop("image_token", IMAGE_TOKEN)
+    tokenizer = build_tiny_tokenizer(image_token)
+    end_of_turn, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    text_config.update(vocab_size=len(tokenizer), eos_token_id=end_of_turn, pad_token_id=pad, bos_token_id=None)
+    config = VLMConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        projector_type=projector_type,
+        image_token=image_token,
+        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+        **{**TINY_PROJECTOR_CONFIG, **overrides},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VLMForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(eos_token_id=[end_of_turn, pad], pad_token_id=pad, bos_token_id=None)
+    model.eval()
+    return model, build_tiny_processor(config.num_image_tokens, image_token)
