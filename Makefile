@@ -31,5 +31,8 @@ $(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml
 	$(VENV_TRANSFORMERS4)/bin/pip install --quiet "transformers==4.57.6" "huggingface_hub<1.0" tokenizers pillow safetensors pytest
 	touch $@
 
-test-transformers4: $(VENV_TRANSFORMERS4)/.installed
+# Then across versions: a model saved by 5.x loaded by 4.57 in a fresh process, and the other way round.
+test-transformers4: $(VENV_TRANSFORMERS4)/.installed setup
 	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_auto_loading.py
+	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_TRANSFORMERS4)/bin/python $(VENV)/bin/python -m pytest tests/test_auto_loading.py
+	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py

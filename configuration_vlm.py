@@ -179,6 +179,18 @@ class VLMConfig(PretrainedConfig):
                 f"{num_layers - 1}] for a vision tower with {num_layers} layers (-1: the tower's last_hidden_state)."
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        for name in ("vision_config", "text_config"):
+            rope_parameters = output[name].get("rope_parameters")
+            if isinstance(rope_parameters, dict) and "rope_theta" in rope_parameters:
+                # transformers 5.x keeps RoPE settings in `rope_parameters`; 4.x reads only `rope_theta` / `rope_scaling`
+                # and would silently fall back to its default base (10,000 instead of Qwen2.5's 1,000,000).
+                output[name]["rope_theta"] = rope_parameters["rope_theta"]
+                if rope_parameters.get("rope_type", "default") != "default":
+                    output[name]["rope_scaling"] = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+        return output
+
     @property
     def num_patches(self) -> int:
         """Patch tokens the vision tower returns per image."""

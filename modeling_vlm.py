@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -21,6 +22,7 @@ from transformers import (
     Blip2QFormerConfig,
     Blip2QFormerModel,
     GenerationMixin,
+    PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.activations import ACT2FN
@@ -235,6 +237,9 @@ class VLMPerceiverResampler(nn.Module):
         )
 
 
+# Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
+TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
+
 PROJECTOR_CLASSES = {
     "linear": VLMLinearProjector,
     "mlp": VLMMLPProjector,
@@ -267,6 +272,17 @@ class VLMPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=std)
         elif isinstance(module, VLMPerceiverResampler):
             init.normal_(module.latents, mean=0.0, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if int(transformers.__version__.split(".")[0]) < 5 and "key_mapping" not in kwargs:
+            config = kwargs.get("config")
+            if not isinstance(config, PretrainedConfig):
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **kwargs)
+            if config.vision_config.model_type in TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4:
+                # Checkpoints saved by transformers 5.x lack the level; without the mapping the tower would be re-initialised.
+                kwargs["key_mapping"] = {r"^vision_tower\.(?!vision_model\.)": "vision_tower.vision_model."}
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):

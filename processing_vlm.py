@@ -1,6 +1,7 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """VLM processor: an image processor (SigLIP's by default) and a tokenizer (Qwen2's by default) in one object."""
 
+import json
 import os
 
 import torch
@@ -193,7 +194,16 @@ class VLMProcessor(ProcessorMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """Saves the processor with an `auto_map` so that `AutoProcessor(..., trust_remote_code=True)` finds this class."""
         self.register_for_auto_class()
-        return super().save_pretrained(save_directory, **kwargs)
+        saved = super().save_pretrained(save_directory, **kwargs)
+        # transformers 5.x writes `extra_special_tokens` as a list, which 4.x cannot read; both read this key.
+        tokenizer_config_file = os.path.join(save_directory, "tokenizer_config.json")
+        with open(tokenizer_config_file, encoding="utf-8") as file:
+            tokenizer_config = json.load(file)
+        if isinstance(tokenizer_config.get("extra_special_tokens"), list):
+            tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
+            with open(tokenizer_config_file, "w", encoding="utf-8") as file:
+                json.dump(tokenizer_config, file, indent=2, ensure_ascii=False)
+        return saved
 
     @property
     def model_input_names(self) -> list[str]:

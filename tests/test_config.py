@@ -47,3 +47,10 @@ def test_round_trip_through_json(tmp_path):
 def test_invalid_values_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VLMConfig(**kwargs)
+
+
+def test_rope_base_is_written_for_transformers_4_readers():
+    """5.x keeps `rope_theta` inside `rope_parameters`; 4.x reads only the top-level key and would default to 10,000."""
+    text_config = VLMConfig().to_dict()["text_config"]
+    assert text_config["rope_theta"] == 1000000.0
+    assert VLMConfig.from_dict(VLMConfig().to_dict()).text_config.to_dict().get("rope_theta", 1000000.0) == 1000000.0
