@@ -27,10 +27,11 @@ COCO_CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE
 """The keys of the dictionary returned by [`score_captions`], in order."""
 
 JAVA_INSTALL_HINT = (
-    "Java is required by pycocoevalcap (PTB tokenizer, METEOR 1.5) to compute the COCO caption metrics. Install a "
-    "Java runtime and put `java` on PATH: `apt-get install default-jre-headless` on Debian/Ubuntu, "
-    "`conda install openjdk` in a conda environment, or any JRE >= 8."
+    "Java is required by pycocoevalcap (PTB tokenizer, METEOR 1.5) to compute the COCO caption metrics. Install any "
+    "Java runtime >= 8 and put `java` on PATH, e.g. `apt-get install default-jre-headless` on Debian/Ubuntu or "
+    "`conda install openjdk` in a conda environment."
 )
+"""Ends the message of every [`JavaNotFoundError`]."""
 
 JAVA_CHECK_TIMEOUT_S = 30.0
 """Seconds `java -version` may take before [`check_java`] declares the installation broken."""
@@ -41,8 +42,9 @@ METEOR_TIMEOUT_S = 300.0
 METEOR_TIMEOUT_PER_ID_S = 0.05
 """Per-id part of the METEOR timeout. The JVM loads its paraphrase table in ~10 s and scores ~0.5 ms per id."""
 
-# Every line boundary of `str.splitlines`. pycocoevalcap's tokenizer only replaces "\n": the Java PTB tokenizer also
-# breaks lines at "\r", "\v", "\f", U+2028 and U+2029, which shifts every later caption onto the wrong id.
+# Every line boundary of `str.splitlines`. pycocoevalcap's tokenizer only replaces "\n", but the Java PTB tokenizer
+# also breaks lines at "\r", "\v", "\f", U+2028 and U+2029, which shifts every later caption onto the wrong id. It
+# reads the other boundaries as whitespace, so replacing them too changes nothing.
 _LINE_BREAKS_TO_SPACES = dict.fromkeys(map(ord, "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"), " ")
 
 _STDERR_FD_LOCK = threading.Lock()
@@ -94,15 +96,15 @@ def score_captions(
 
     - Every line break (`"\\r"`, `"\\v"`, `"\\f"`, U+2028, ... not only `"\\n"`) becomes a space before tokenization.
       pycocoevalcap only replaces `"\\n"`, and any other line break makes the Java tokenizer emit an extra line, which
-      moves every later caption onto the wrong id (silently wrong scores) and desynchronises the METEOR
-      subprocess, which reads one line per request. Tokenized captions therefore never contain line breaks.
+      moves every later caption onto the wrong id: silently wrong scores.
     - The METEOR JVM runs under a watchdog and is always shut down: if it crashes, hangs or answers garbage,
       a `RuntimeError` with its stderr is raised instead of blocking forever, and no `java` process outlives the call.
 
     Empty, whitespace-only and punctuation-only captions need no special case: the tokenizer turns them into empty
-    lines, which METEOR 1.5 scores as 0 and the other metrics as a caption without words. Characters the tokenizer
-    cannot handle, such as emoji, are dropped by it. The Java tokenizer's messages on stderr ("PTBTokenizer tokenized
-    ...", "Untokenizable: ...") are captured, and BLEU's statistics are not printed, so the call writes nothing.
+    strings, which METEOR 1.5 scores as 0 and the other metrics as a caption without words. METEOR reads one request
+    per line, and the tokenized captions it gets never contain a line break. Characters the tokenizer cannot handle,
+    such as emoji, are dropped by it. Its messages on stderr ("PTBTokenizer tokenized ...", "Untokenizable: ...") are
+    captured and BLEU's statistics are not printed, so the call writes nothing to stdout or stderr.
 
     Args:
         predictions (`Mapping[Hashable, str]`):
@@ -135,7 +137,7 @@ def score_captions(
     """
     res, gts = _validate_captions(predictions, references)
     check_java()
-    # Start the JVM first: loading METEOR's paraphrase table (~10 s) then overlaps tokenization, BLEU and ROUGE.
+    # Start the JVM first: loading METEOR's paraphrase table (~10 s) then overlaps tokenization and the other metrics.
     with _meteor_scorer() as meteor:
         gts = _tokenize(gts)
         res = _tokenize(res)
@@ -149,7 +151,7 @@ def score_captions(
         cider, _ = Cider().compute_score(gts, res)
         meteor_score = _meteor_score(meteor, gts, res)
     values = [*bleu, meteor_score, rouge, cider]
-    return {name: float(value) for name, value in zip(COCO_CAPTION_METRICS, values)}
+    return {name: float(value) for name, value in zip(COCO_CAPTION_METRICS, values, strict=True)}
 
 
 def _preview(ids: list[Hashable], limit: int = 5) -> str:

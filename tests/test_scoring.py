@@ -60,7 +60,7 @@ def pycocoevalcap_scores(predictions: dict, references: dict) -> dict[str, float
     del meteor_scorer  # `Meteor.__del__` stops its JVM
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
-    return dict(zip(COCO_CAPTION_METRICS, [*bleu, meteor, rouge, cider]))
+    return dict(zip(COCO_CAPTION_METRICS, [*bleu, meteor, rouge, cider], strict=True))
 
 
 def java_children() -> set[int]:
@@ -78,56 +78,63 @@ def java_children() -> set[int]:
     return children
 
 
-class ScoringRun(NamedTuple):
-    scores: dict[str, float]
-    pycocoevalcap_scores: dict[str, float]
+def evaluate_module_scores(predictions: dict, references: dict) -> dict[str, float]:
+    """The `metrics/coco_caption` module, loaded by `evaluate.load` from its local path, on the same captions."""
+    import evaluate
+
+    coco_caption = evaluate.load(str(REPO_ROOT / "metrics" / "coco_caption"))
+    return coco_caption.compute(predictions=list(predictions.values()), references=list(references.values()))
+
+
+class FixedCaptionsRun(NamedTuple):
+    score_captions: dict[str, float]
+    pycocoevalcap: dict[str, float]
+    evaluate_module: dict[str, float]
     java_children_left: set[int]
 
 
 @pytest.fixture(scope="module")
-def scoring_run() -> ScoringRun:
-    """`score_captions` on the fixed captions, and pycocoevalcap by hand on a second thread meanwhile."""
-    # Each METEOR JVM spends ~10 s of one core loading its paraphrase table: the two loads overlap on two cores.
-    before = java_children()
-    with ThreadPoolExecutor(max_workers=1) as pool:
+def fixed_captions_run() -> FixedCaptionsRun:
+    """Score the fixed captions with `score_captions`, with pycocoevalcap by hand and with the evaluate module."""
+    # Each run spends ~10 s in a METEOR JVM loading its paraphrase table: running them side by side saves time.
+    with pytest.MonkeyPatch.context() as monkeypatch, ThreadPoolExecutor(max_workers=2) as pool:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+        before = java_children()
         expected = pool.submit(pycocoevalcap_scores, PREDICTIONS, REFERENCES)
+        from_evaluate = pool.submit(evaluate_module_scores, PREDICTIONS, REFERENCES)
         scores = score_captions(PREDICTIONS, REFERENCES)
-        expected = expected.result()
-    return ScoringRun(scores, expected, java_children() - before)
+        expected, from_evaluate = expected.result(), from_evaluate.result()
+        return FixedCaptionsRun(scores, expected, from_evaluate, java_children() - before)
 
 
-def test_scores_equal_pycocoevalcap(scoring_run):
-    assert list(scoring_run.scores) == list(COCO_CAPTION_METRICS)
-    assert all(type(value) is float for value in scoring_run.scores.values())
-    assert scoring_run.scores == pytest.approx(scoring_run.pycocoevalcap_scores, rel=0, abs=1e-12)
-    assert 0 < scoring_run.scores["BLEU-1"] < 1 and scoring_run.scores["CIDEr"] > 0
+def test_scores_equal_pycocoevalcap(fixed_captions_run):
+    scores = fixed_captions_run.score_captions
+    assert list(scores) == list(COCO_CAPTION_METRICS)
+    assert all(type(value) is float for value in scores.values())
+    assert scores == fixed_captions_run.pycocoevalcap
+    assert 0 < scores["BLEU-1"] < 1 and scores["CIDEr"] > 0
 
 
-def test_empty_prediction_gives_finite_numbers(scoring_run):
+def test_empty_prediction_gives_finite_numbers(fixed_captions_run):
     assert PREDICTIONS[522418] == ""
-    assert all(math.isfinite(value) for value in scoring_run.scores.values())
+    assert all(math.isfinite(value) for value in fixed_captions_run.score_captions.values())
 
 
-def test_no_java_process_left_running(scoring_run):
-    assert scoring_run.java_children_left == set()
+def test_no_java_process_left_running(fixed_captions_run):
+    assert fixed_captions_run.java_children_left == set()
 
 
-def test_line_breaks_act_as_spaces_and_nothing_is_printed(scoring_run, capfd):
-    # pycocoevalcap alone shifts every caption after a "\r", "\f" or U+2028 onto the next id.
+def test_evaluate_module_matches_score_captions(fixed_captions_run):
+    assert fixed_captions_run.evaluate_module == fixed_captions_run.score_captions
+
+
+def test_line_breaks_act_as_spaces_and_nothing_is_printed(fixed_captions_run, capfd):
+    # pycocoevalcap alone moves every caption after a "\r", "\f" or U+2028 onto a later id.
     predictions = {**PREDICTIONS, 391895: "A man riding\ra motorcycle\fdown a dirt road."}
     references = {**REFERENCES, "shapes-7": "a small red circle in\u2028the middle of a white image"}
-    assert score_captions(predictions, references) == scoring_run.scores
+    assert score_captions(predictions, references) == fixed_captions_run.score_captions
     assert capfd.readouterr() == ("", "")
-
-
-def test_evaluate_module_matches_score_captions(scoring_run, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    import evaluate
-
-    coco_caption = evaluate.load(str(REPO_ROOT / "metrics" / "coco_caption"))
-    results = coco_caption.compute(predictions=list(PREDICTIONS.values()), references=list(REFERENCES.values()))
-    assert results == scoring_run.scores
 
 
 @pytest.mark.parametrize("java", ["missing", "broken"])
@@ -157,6 +164,8 @@ def test_mismatched_ids_are_listed():
     with pytest.raises(ValueError, match=r"prediction but no reference: 'extra'") as error:
         score_captions({1: "a", "extra": "b"}, {1: ["a"], 7: ["c"], 8: ["d"]})
     assert "references but no prediction: 7, 8" in str(error.value)
+    with pytest.raises(ValueError, match=r"9 id\(s\) have references but no prediction: 1, 2, 3, 4, 5, \.\.\. \(9 in"):
+        score_captions({0: "a"}, {image_id: ["a"] for image_id in range(10)})
     with pytest.raises(ValueError, match="1 and '1' are different ids"):
         score_captions({1: "a"}, {"1": ["a"]})
 

@@ -25,7 +25,8 @@ except ImportError as error:
 _CITATION = """\
 @article{chen2015microsoft,
   title={Microsoft {COCO} Captions: Data Collection and Evaluation Server},
-  author={Chen, Xinlei and Fang, Hao and Lin, Tsung-Yi and Vedantam, Ramakrishna and Gupta, Saurabh and Doll{\\'a}r, Piotr and Zitnick, C. Lawrence},
+  author={Chen, Xinlei and Fang, Hao and Lin, Tsung-Yi and Vedantam, Ramakrishna and Gupta, Saurabh and
+          Doll{\\'a}r, Piotr and Zitnick, C. Lawrence},
   journal={arXiv preprint arXiv:1504.00325},
   year={2015}
 }
@@ -34,8 +35,8 @@ _CITATION = """\
 _DESCRIPTION = """\
 The standard COCO caption evaluation, computed exactly as pycocoevalcap's `COCOEvalCap`: predictions and references
 go through the Stanford PTB tokenizer (lower-cased, punctuation removed), then BLEU-1 to BLEU-4, METEOR 1.5, ROUGE-L
-and CIDEr-D score the corpus. Scores are on pycocoevalcap's scale: CIDEr is not multiplied by 100. Needs Java (JRE >= 8)
-on PATH.
+and CIDEr-D score the corpus. Scores are on pycocoevalcap's scale: CIDEr is not multiplied by 100. Needs Java
+(JRE >= 8) on PATH.
 """
 
 _KWARGS_DESCRIPTION = """
