@@ -1,22 +1,40 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """Evaluate captioning models: standard COCO caption metrics, comparison tables, attention maps and galleries."""
 
+import argparse
+import base64
 import contextlib
+import html
+import io
+import json
+import math
 import os
+import re
 import reprlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
+import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import BinaryIO
 
+import PIL.Image
+import PIL.ImageDraw
+import torch
+from datasets import Image as ImageFeature
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from caption_data import load_captions, open_image
+from tiny_vlm import build_tiny_vlm
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -285,3 +303,260 @@ def _meteor_score(meteor: Meteor, gts: dict[Hashable, list[str]], res: dict[Hash
     finally:
         watchdog.cancel()
     return score
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Captioning models: batched generation, the comparison table, attention maps and galleries
+# ---------------------------------------------------------------------------------------------------------------------
+
+CAPTION_PROMPT = "Describe the image briefly."
+"""The user turn of the common COCO-Karpathy captioning protocol; the image comes first."""
+
+
+def caption_prompt(processor, prompt: str = CAPTION_PROMPT) -> str:
+    """The chat-formatted captioning prompt, ending with the assistant header."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def generate_captions(
+    model,
+    processor,
+    images: Sequence,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    prompt: str = CAPTION_PROMPT,
+    progress: bool = False,
+) -> list[str]:
+    """
+    Greedy captions of `images`, generated in batches (left padding, KV cache), one string per image. The images go
+    to the model's device and dtype.
+    """
+    text = caption_prompt(processor, prompt)
+    captions = []
+    for start in tqdm(range(0, len(images), batch_size), desc="captioning", disable=not progress):
+        chunk = list(images[start : start + batch_size])
+        inputs = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt").to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with torch.inference_mode():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        captions += [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return captions
+
+
+def readable_samples(dataset) -> tuple[list[str], list, list[list[str]], int]:
+    """`(ids, RGB images, reference lists, number skipped)` of a caption dataset; unreadable images are skipped."""
+    ids, images, references, skipped = [], [], [], 0
+    for row in dataset.cast_column("image", ImageFeature(decode=False)):
+        image = open_image(row["image"])
+        if image is None:
+            skipped += 1
+            continue
+        ids.append(row["image_id"])
+        images.append(image)
+        references.append(list(row["captions"]))
+    return ids, images, references, skipped
+
+
+def load_captioning_model(name: str, device: str, dtype):
+    """A model and processor from a directory or Hub id, or `tiny:<projector_type>` for an untrained tiny model."""
+    if name.startswith("tiny:"):
+
+        model, processor = build_tiny_vlm(name.split(":", 1)[1])
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown table of evaluated models; metrics on pycocoevalcap's scale (CIDEr not multiplied by 100)."""
+    header = (
+        "| model | projector | image tokens | parameters | projector parameters | BLEU-4 | METEOR | ROUGE-L | CIDEr | captions/s |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = [
+        f"| {row['model']} | {row['projector']} | {row['image_tokens']} | {row['parameters']:,} | "
+        f"{row['projector_parameters']:,} | {row['BLEU-4']:.4f} | {row['METEOR']:.4f} | {row['ROUGE-L']:.4f} | "
+        f"{row['CIDEr']:.4f} | {row['captions_per_s']:.1f} |"
+        for row in rows
+    ]
+    return header + "\n".join(lines) + "\n\nScores on pycocoevalcap's scale (papers report CIDEr x 100).\n"
+
+
+def projector_attention_maps(model, processor, image) -> torch.Tensor:
+    """
+    Where each Q-Former query / Perceiver latent looks: `(num_layers + 1, num_image_tokens, grid, grid)`, the
+    cross-attention of every attending layer averaged over heads, then the mean over layers. Each map is a
+    distribution over the patch grid (sums to 1); the Perceiver's attention to the latents themselves is left out
+    and its patch part renormalised.
+    """
+    pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
+    with torch.no_grad():
+        attentions = model.get_image_features(pixel_values, output_attentions=True).cross_attentions
+    if not attentions:
+        raise ValueError(f"projector_type={model.config.projector_type!r} has no attention maps; use saliency_map.")
+    num_patches = model.config.num_patches
+    per_layer = torch.stack([attention[0].float().mean(0)[:, :num_patches] for attention in attentions])
+    per_layer = per_layer / per_layer.sum(-1, keepdim=True)
+    maps = torch.cat([per_layer, per_layer.mean(0, keepdim=True)])
+    grid = math.isqrt(num_patches)
+    return maps.reshape(maps.shape[0], maps.shape[1], grid, grid).cpu()
+
+
+def saliency_map(model, processor, image, caption: str) -> torch.Tensor:
+    """
+    Gradient saliency of `caption` over the patch grid, `(grid, grid)` summing to 1: the norm of the gradient of the
+    caption's log-likelihood with respect to each patch token of the vision tower.
+    """
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]},
+        {"role": "assistant", "content": caption},
+    ]
+    inputs = processor(images=[image], text=[processor.apply_chat_template(messages)], return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        vision_features = model.get_vision_features(inputs.pop("pixel_values").to(model.dtype))
+    vision_features.requires_grad_(True)
+    loss = model(**inputs, vision_features=vision_features, labels=processor.build_labels(inputs["input_ids"])).loss
+    (gradient,) = torch.autograd.grad(loss, vision_features)
+    saliency = gradient[0].float().norm(dim=-1)
+    saliency = saliency / saliency.sum()
+    grid = math.isqrt(saliency.numel())
+    return saliency.reshape(grid, grid).cpu()
+
+
+def _overlay(image, heatmap, size: int):
+    """`image` resized to `size` x `size` with `heatmap` (a 2-D tensor) blended on top in red."""
+    heat = (heatmap / heatmap.max().clamp_min(1e-12) * 255).byte().numpy()
+    heat = PIL.Image.fromarray(heat, mode="L").resize((size, size), PIL.Image.Resampling.BILINEAR)
+    red = PIL.Image.merge("RGB", (heat, PIL.Image.new("L", heat.size), PIL.Image.new("L", heat.size)))
+    return PIL.Image.blend(image.convert("RGB").resize((size, size)), red, 0.55)
+
+
+def save_attention_grid(image, maps, path: str, tile: int = 96) -> None:
+    """PNG grid: one row per layer (the last row is the mean over layers), one column per query / latent."""
+    rows, columns = maps.shape[:2]
+    sheet = PIL.Image.new("RGB", (columns * tile, rows * tile), "white")
+    for row in range(rows):
+        for column in range(columns):
+            sheet.paste(_overlay(image, maps[row, column], tile), (column * tile, row * tile))
+    sheet.save(path)
+
+
+def write_gallery(output_dir: str, ids, images, references, captions_by_model: dict[str, list[str]]) -> None:
+    """`gallery.html` (images embedded) and `contact_sheet.png`: each image, a reference caption, every model's caption."""
+    rows = []
+    for index, image_id in enumerate(ids):
+        buffer = io.BytesIO()
+        images[index].convert("RGB").resize((224, 224)).save(buffer, format="PNG")
+        cells = "".join(f"<td>{html.escape(captions[index])}</td>" for captions in captions_by_model.values())
+        rows.append(
+            f'<tr id="{html.escape(str(image_id))}"><td><img src="data:image/png;base64,'
+            f'{base64.b64encode(buffer.getvalue()).decode()}" width="224"><br>{html.escape(str(image_id))}</td>'
+            f"<td>{html.escape(references[index][0])}</td>{cells}</tr>"
+        )
+    model_headers = "".join(f"<th>{html.escape(name)}</th>" for name in captions_by_model)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Caption gallery</title><style>"
+        "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;max-width:260px}table{border-collapse:collapse}"
+        f"</style></head><body><table><tr><th>image</th><th>ground truth</th>{model_headers}</tr>{''.join(rows)}"
+        "</table></body></html>"
+    )
+    with open(os.path.join(output_dir, "gallery.html"), "w", encoding="utf-8") as file:
+        file.write(page)
+
+    thumb, column_width, line_height = 128, 220, 12
+    columns = [("ground truth", [refs[0] for refs in references])] + list(captions_by_model.items())
+    row_height = max(thumb, 14 + line_height * 8) + 8
+    sheet = PIL.Image.new("RGB", (thumb + 8 + column_width * len(columns), 20 + row_height * len(ids)), "white")
+    draw = PIL.ImageDraw.Draw(sheet)
+    for column, (name, _) in enumerate(columns):
+        draw.text((thumb + 8 + column * column_width, 4), name[:34], fill="black")
+    for index in range(len(ids)):
+        top = 20 + index * row_height
+        sheet.paste(images[index].convert("RGB").resize((thumb, thumb)), (0, top))
+        for column, (_, captions) in enumerate(columns):
+            lines = textwrap.wrap(captions[index], width=34)[:8] or ["(empty)"]
+            draw.multiline_text((thumb + 8 + column * column_width, top), "\n".join(lines), fill="black", spacing=2)
+    sheet.save(os.path.join(output_dir, "contact_sheet.png"))
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """The `python eval.py` command line; returns the table rows."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", action="append", required=True, help="directory, Hub id, or tiny:<projector_type>")
+    parser.add_argument("--dataset", default="shapes", help='"shapes" (offline), "coco-karpathy", or a dataset path')
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max_samples", type=int)
+    parser.add_argument("--image_root", help="COCO image root (train2014/, val2014/) for coco-karpathy")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--caption_column", default="caption")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--prompt", default=CAPTION_PROMPT)
+    parser.add_argument("--output_dir", default="eval_outputs")
+    parser.add_argument("--attention_maps", action="store_true", help="PNG attention / saliency maps per image")
+    parser.add_argument("--gallery", action="store_true", help="gallery.html and contact_sheet.png")
+    parser.add_argument("--num_pictures", type=int, default=6, help="images in the attention maps and the gallery")
+    args = parser.parse_args(argv)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    os.makedirs(args.output_dir, exist_ok=True)
+    dataset = load_captions(
+        args.dataset, args.split, image_root=args.image_root, max_samples=args.max_samples,
+        image_column=args.image_column, caption_column=args.caption_column,
+    )
+    ids, images, references, skipped = readable_samples(dataset)
+    if skipped:
+        print(f"skipped {skipped} unreadable images")
+    check_java()
+
+    rows, captions_by_model = [], {}
+    for name in args.model:
+        model, processor = load_captioning_model(name, device, dtype)
+        start = time.perf_counter()
+        captions = generate_captions(model, processor, images, args.batch_size, args.max_new_tokens, args.prompt, progress=True)
+        elapsed = time.perf_counter() - start
+        metrics = score_captions(dict(zip(ids, captions)), dict(zip(ids, references)))
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+        with open(os.path.join(args.output_dir, f"predictions_{slug}.json"), "w", encoding="utf-8") as file:
+            json.dump([{"image_id": i, "caption": c} for i, c in zip(ids, captions)], file, indent=1, ensure_ascii=False)
+        with open(os.path.join(args.output_dir, f"metrics_{slug}.json"), "w", encoding="utf-8") as file:
+            json.dump({"model": name, "split": args.split, "num_images": len(ids), "skipped": skipped, **metrics}, file, indent=2)
+        rows.append(
+            {
+                "model": name,
+                "projector": model.config.projector_type,
+                "image_tokens": model.config.num_image_tokens,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "projector_parameters": sum(p.numel() for p in model.multi_modal_projector.parameters()),
+                "captions_per_s": len(ids) / elapsed,
+                **metrics,
+            }
+        )
+        captions_by_model[name] = captions
+        if args.attention_maps:
+            for index in range(min(args.num_pictures, len(ids))):
+                path = os.path.join(args.output_dir, f"attention_{slug}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(ids[index]))}.png")
+                if model.config.projector_type in ("qformer", "perceiver"):
+                    save_attention_grid(images[index], projector_attention_maps(model, processor, images[index]), path)
+                else:
+                    _overlay(images[index], saliency_map(model, processor, images[index], captions[index]), 224).save(path)
+
+    table = comparison_table(rows)
+    with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as file:
+        file.write(table)
+    print(table)
+    if args.gallery:
+        count = min(args.num_pictures, len(ids))
+        write_gallery(
+            args.output_dir, ids[:count], images[:count], references[:count],
+            {name: captions[:count] for name, captions in captions_by_model.items()},
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
