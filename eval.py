@@ -227,7 +227,10 @@ def _validate_captions(
 
 @contextlib.contextmanager
 def _stderr_fd_redirected_to(sink: BinaryIO) -> Iterator[None]:
-    """Point file descriptor 2, which Java subprocesses inherit, at `sink` for the duration of the block."""
+    """
+    Point file descriptor 2, which Java subprocesses inherit, at `sink` for the duration of the block. Whatever other
+    threads write to file descriptor 2 meanwhile lands in `sink` too.
+    """
     with _STDERR_FD_LOCK:
         sys.stderr.flush()
         saved_fd = os.dup(2)
