@@ -1,4 +1,4 @@
-# Fresh-machine entry points. `make demo` runs the main job offline; `make test` runs the test suite.
+# Fresh-machine entry points. `make demo` runs the main job offline (the tiny projector comparison); `make test` the tests.
 # Both create .venv with the CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ java:  # pycocoevalcap's PTB tokenizer and METEOR run Java
 	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 
 demo: setup java
-	$(VENV)/bin/python demo.py
+	$(VENV)/bin/python train_accelerate.py --config configs/tiny_shapes.yaml --compare all
 
 test: setup java
 	$(VENV)/bin/python -m pytest

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECTOR_TYPES = ["linear", "mlp", "qformer", "perceiver"]
-CAPTION_PROMPT = "Describe the image briefly."
+CAPTION_PROMPT = "Describe the image briefly."  # eval.CAPTION_PROMPT; eval is not installed in the 4.57 test env
 
 
 def caption_messages(answer: str | None = None) -> list[dict]:

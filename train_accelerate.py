@@ -1,0 +1,112 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Train a VLM (vision tower + projector + language model) on image captions with 🤗 Accelerate, or compare projectors.
+
+Settings come from a YAML file whose keys are the fields of `training_vlm.VLMTrainingArguments`; command-line flags
+override them:
+
+    accelerate launch train_accelerate.py --config configs/coco_mlp.yaml
+    accelerate launch train_accelerate.py --config configs/coco_qformer.yaml --push_to_hub user/vlm-qformer
+    accelerate launch --config_file configs/accelerate/fsdp.yaml train_accelerate.py --config configs/coco_mlp.yaml
+    accelerate launch train_accelerate.py --config configs/tiny_shapes.yaml        # offline, CPU, minutes
+    accelerate launch train_accelerate.py --config configs/coco_mlp.yaml --resume_from_checkpoint latest
+
+`--compare` trains several runs one after the other and prints a table of them, with the untrained model of the
+first run as baseline. Its value is a comma-separated list of items, each one of:
+
+- `all` or a projector type (`linear`, `mlp`, `qformer`, `perceiver`): the `--config` run with that projector, in
+  `<output_dir>/<projector>`;
+- a YAML file: that run;
+- a family prefix such as `configs/coco`: the files `configs/coco_<projector>.yaml` that exist.
+
+    python train_accelerate.py --config configs/tiny_shapes.yaml --compare all     # offline, < 10 min on 2 CPU cores
+    accelerate launch train_accelerate.py --compare configs/coco --image_root /data/coco
+
+Command-line flags apply to every run of a comparison; with `--output_dir`, each run writes to `<output_dir>/<name>`.
+The table is printed and written to `comparison.md` in the runs' common parent directory.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from accelerate import PartialState
+from transformers import HfArgumentParser
+
+from configuration_vlm import PROJECTOR_TYPES
+from training_vlm import (
+    VLMTrainingArguments,
+    load_yaml_config,
+    projector_comparison_table,
+    run_comparison,
+    train,
+)
+
+
+def parse_args(argv: Sequence[str], config: str | os.PathLike | None = None) -> VLMTrainingArguments:
+    """`argv` flags over the values of the YAML file `config` over the defaults of [`VLMTrainingArguments`]."""
+    parser = HfArgumentParser(VLMTrainingArguments)
+    if config is not None:
+        parser.set_defaults(**load_yaml_config(config))
+    (args,) = parser.parse_args_into_dataclasses(list(argv))
+    return args
+
+
+def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[VLMTrainingArguments]:
+    """The runs of `--compare spec` (see the module docstring), with the flags `argv` applied to each."""
+    runs = []
+    output_dir_flag = any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv)
+    for item in spec.split(","):
+        item = item.strip()
+        if item == "all" or item in PROJECTOR_TYPES:
+            base = parse_args(argv, config)
+            projectors = PROJECTOR_TYPES if item == "all" else (item,)
+            runs += [replace(base, projector_type=p, output_dir=os.path.join(base.output_dir, p)) for p in projectors]
+            continue
+        paths = (
+            [Path(item)] if item.endswith((".yaml", ".yml")) else [Path(f"{item}_{p}.yaml") for p in PROJECTOR_TYPES]
+        )
+        paths = [path for path in paths if path.is_file()]
+        if not paths:
+            raise ValueError(
+                f"--compare item {item!r} is neither 'all', a projector type ({', '.join(PROJECTOR_TYPES)}), a YAML "
+                f"file, nor a prefix of {item}_<projector>.yaml files."
+            )
+        for path in paths:
+            run = parse_args(argv, path)
+            if output_dir_flag:
+                run = replace(run, output_dir=os.path.join(run.output_dir, path.stem))
+            runs.append(run)
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Runs the command line; returns the results of every run (see `training_vlm.train`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selector = argparse.ArgumentParser(add_help=False)
+    selector.add_argument("--config", help="YAML file of VLMTrainingArguments fields")
+    selector.add_argument("--compare", help="comparison items: all, projector types, YAML files, family prefixes")
+    selected, rest = selector.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        print(__doc__)
+        HfArgumentParser(VLMTrainingArguments).print_help()
+        return []
+
+    if selected.compare is None:
+        return [train(parse_args(rest, selected.config))]
+    runs = comparison_runs(selected.compare, rest, selected.config)
+    results = run_comparison(runs)
+    table = projector_comparison_table(results)
+    parent = os.path.commonpath([os.path.abspath(run.output_dir) for run in runs])
+    if PartialState().is_main_process:
+        with open(os.path.join(parent, "comparison.md"), "w", encoding="utf-8") as file:
+            file.write(table)
+        print(f"\n{table}\nwritten to {os.path.join(parent, 'comparison.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
