@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -37,10 +36,10 @@ except ImportError:  # transformers < 5
 
 try:
     from .configuration_vlm import VLMConfig
-    from .processing_vlm import VLMProcessor, make_chat_template
+    from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
 except ImportError:  # imported as a local module rather than as remote code
     from configuration_vlm import VLMConfig
-    from processing_vlm import VLMProcessor, make_chat_template
+    from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
 
 
 @dataclass
@@ -275,7 +274,7 @@ class VLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        if int(transformers.__version__.split(".")[0]) < 5 and "key_mapping" not in kwargs:
+        if IS_TRANSFORMERS_4 and "key_mapping" not in kwargs:
             config = kwargs.get("config")
             if not isinstance(config, PretrainedConfig):
                 config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -11,6 +11,7 @@ from transformers.image_transforms import to_pil_image
 from transformers.image_utils import is_pil_image, load_image
 
 
+IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 IGNORE_INDEX = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
@@ -92,7 +93,7 @@ class VLMProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    if int(transformers.__version__.split(".")[0]) < 5:  # 5.x finds the sub-processors from the __init__ arguments
+    if IS_TRANSFORMERS_4:  # 5.x finds the sub-processors from the __init__ arguments
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
     valid_kwargs = ["chat_template", "num_image_tokens", "image_token"]
@@ -145,12 +146,16 @@ class VLMProcessor(ProcessorMixin):
                 f"given; put one {self.image_token!r} in the text (or one {{'type': 'image'}} part in the chat message) "
                 "for each image."
             )
-        expanded = [sample.replace(self.image_token, self.image_token * self.num_image_tokens) for sample in texts]
+        expanded = [self.expand_image_tokens(sample) for sample in texts]
         data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
         if flat_images:
             rgb_images = [to_rgb_image(image) for image in flat_images]
             data["pixel_values"] = self.image_processor(rgb_images, return_tensors=return_tensors)["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def expand_image_tokens(self, text: str) -> str:
+        """`text` with every `image_token` repeated `num_image_tokens` times, the placeholders the model fills."""
+        return text.replace(self.image_token, self.image_token * self.num_image_tokens)
 
     def _flatten_images(self, images, texts: list[str]) -> list:
         if images is None:

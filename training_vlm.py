@@ -419,9 +419,8 @@ class CaptionCollator:
             return batch
         texts = [self.processor.apply_chat_template(caption_messages(self.prompt, e["caption"])) for e in kept]
         if "vision_features" in kept[0]:
-            # No images to hand the processor: expand the image token as its __call__ does.
-            image_tokens = self.processor.image_token * self.processor.num_image_tokens
-            texts = [text.replace(self.processor.image_token, image_tokens) for text in texts]
+            # No images to hand the processor: only the placeholders are needed.
+            texts = [self.processor.expand_image_tokens(text) for text in texts]
             batch.update(self.processor.tokenizer(texts, padding=True, return_tensors="pt"))
             batch["vision_features"] = torch.stack([e["vision_features"] for e in kept])
         else:
