@@ -316,10 +316,17 @@ CAPTION_PROMPT = "Describe the image briefly."
 """The user turn of the common COCO-Karpathy captioning protocol; the image comes first."""
 
 
+def caption_messages(prompt: str = CAPTION_PROMPT, caption: str | None = None) -> list[dict]:
+    """The COCO captioning chat: the image then `prompt` as the user turn, and `caption` as the answer if given."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    if caption is not None:
+        messages.append({"role": "assistant", "content": caption})
+    return messages
+
+
 def caption_prompt(processor, prompt: str = CAPTION_PROMPT) -> str:
     """The chat-formatted captioning prompt, ending with the assistant header."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor.apply_chat_template(caption_messages(prompt), add_generation_prompt=True)
 
 
 def generate_captions(
@@ -413,11 +420,8 @@ def saliency_map(model, processor, image, caption: str) -> torch.Tensor:
     Gradient saliency of `caption` over the patch grid, `(grid, grid)` summing to 1: the norm of the gradient of the
     caption's log-likelihood with respect to each patch token of the vision tower.
     """
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]},
-        {"role": "assistant", "content": caption},
-    ]
-    inputs = processor(images=[image], text=[processor.apply_chat_template(messages)], return_tensors="pt").to(model.device)
+    text = processor.apply_chat_template(caption_messages(caption=caption))
+    inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
     with torch.no_grad():
         vision_features = model.get_vision_features(inputs.pop("pixel_values").to(model.dtype))
     vision_features.requires_grad_(True)

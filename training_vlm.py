@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from caption_data import KARPATHY_SOURCE, load_captions, open_image
-from eval import CAPTION_PROMPT, generate_captions, score_captions
+from eval import CAPTION_PROMPT, caption_messages, generate_captions, score_captions
 from configuration_vlm import PROJECTOR_TYPES
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import IGNORE_INDEX, VLMProcessor
@@ -289,14 +289,6 @@ def build_optimizer(model: nn.Module, args: VLMTrainingArguments) -> torch.optim
 # ---------------------------------------------------------------------------------------------------------------------
 # Data: examples, collator, vision feature cache
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def caption_messages(prompt: str, caption: str | None = None) -> list[dict]:
-    """The COCO captioning chat: the image then `prompt` as the user turn, and `caption` as the answer if given."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    if caption is not None:
-        messages.append({"role": "assistant", "content": caption})
-    return messages
 
 
 @dataclass
