@@ -5,7 +5,7 @@ VENV ?= .venv
 VENV_TRANSFORMERS4 ?= .venv-transformers4
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-transformers4 java
+.PHONY: setup demo test lint test-transformers4 java
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: setup java
 
 test: setup java
 	$(VENV)/bin/python -m pytest
+
+lint: setup  # pyflakes, import order, style (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 # The Hub-side code (config, model, processor, Auto-class loading) under the last 4.x release.
 $(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml

@@ -19,14 +19,15 @@ skip unreadable images reads the raw column instead and decodes it with [`open_i
 """
 
 import io
-import math
 import os
 import random
+from collections.abc import Iterator
 
 import PIL.Image
-import PIL.ImageDraw
 import PIL.ImageOps
 from datasets import Dataset, Features, Image, List, Value, load_dataset
+
+from shapes_data import random_shapes_example
 
 
 CAPTION_FEATURES = Features(
@@ -44,112 +45,16 @@ KARPATHY_SOURCE = "yerevann/coco-karpathy"
 SHAPES_SPLIT_SIZES = {"train": 1000, "validation": 200, "test": 200}
 """Default number of images of each split of the synthetic shapes dataset in [`load_captions`]."""
 
-SHAPE_NAMES = ("circle", "square", "triangle", "star", "cross")
-SHAPE_COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 70),
-    "blue": (40, 90, 230),
-    "yellow": (240, 220, 50),
-    "purple": (140, 60, 190),
-    "orange": (250, 140, 30),
-    "white": (245, 245, 245),
-}
-BACKGROUND_COLORS = {"black": (0, 0, 0), "gray": (128, 128, 128), "white": (255, 255, 255)}
-# Centre of each named position and radius of each named size, as fractions of the image side.
-SHAPE_POSITIONS = {
-    "left": (0.25, 0.5),
-    "right": (0.75, 0.5),
-    "top": (0.5, 0.25),
-    "bottom": (0.5, 0.75),
-    "centre": (0.5, 0.5),
-}
-SHAPE_SIZES = {"small": 0.1, "large": 0.2}
-# Two shapes sit at opposite positions so that even two large ones never overlap.
-OPPOSITE_POSITIONS = (("left", "right"), ("top", "bottom"))
-
-# Caption vocabulary: the references of one image share their content words (colour, shape, position) and vary the
-# wording around them, so that consensus metrics such as CIDEr reward the content.
-SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-POSITION_PHRASES = {
-    "left": ("on the left", "on the left side", "in the left part of the image", "at the left"),
-    "right": ("on the right", "on the right side", "in the right part of the image", "at the right"),
-    "top": ("at the top", "near the top", "in the upper part of the image", "at the top of the image"),
-    "bottom": ("at the bottom", "near the bottom", "in the lower part of the image", "at the bottom of the image"),
-    "centre": ("in the centre", "in the middle", "in the center of the image", "in the middle of the image"),
-}
-CAPTION_TEMPLATES = (
-    "{scene}.",
-    "there is {scene}.",
-    "an image of {scene}.",
-    "a picture showing {scene}.",
-    "{scene} on a {background} background.",
-    "a {background} background with {scene}.",
-    "a simple drawing of {scene}.",
-)
-CAPTIONS_PER_SHAPES_IMAGE = 5
-# Probability that a reference leaves out the size of a shape ("a red circle" instead of "a big red circle").
-SIZE_OMISSION_PROBABILITY = 0.25
-
-
-def _shape_polygon(shape: str, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
-    """Vertices of a `"triangle"`, `"star"` or `"cross"` centred on `(cx, cy)` and fitting in a circle of `radius`."""
-    if shape == "triangle":
-        angles = (-90, 30, 150)
-        return [(cx + radius * math.cos(math.radians(a)), cy + radius * math.sin(math.radians(a))) for a in angles]
-    if shape == "star":
-        points = []
-        for k in range(10):
-            r = radius if k % 2 == 0 else 0.45 * radius
-            angle = math.radians(-90 + 36 * k)
-            points.append((cx + r * math.cos(angle), cy + r * math.sin(angle)))
-        return points
-    if shape == "cross":
-        w, r = 0.35 * radius, radius
-        outline = (
-            (-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)
-        )  # fmt: skip
-        return [(cx + dx, cy + dy) for dx, dy in outline]
-    raise ValueError(f"Unknown polygon shape {shape!r}.")
-
-
-def _draw_shape(
-    draw: PIL.ImageDraw.ImageDraw, shape: str, color: tuple[int, int, int], cx: float, cy: float, radius: float
-) -> None:
-    """Draws one filled `shape` (one of `SHAPE_NAMES`) of `color` centred on `(cx, cy)`."""
-    if shape == "circle":
-        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=color)
-    elif shape == "square":
-        half = 0.8 * radius
-        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=color)
-    else:
-        draw.polygon(_shape_polygon(shape, cx, cy, radius), fill=color)
-
-
-def _with_article(phrase: str) -> str:
-    """Prefixes `phrase` with "a" or "an"."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _describe(objects: list[dict[str, str]], background: str, template: str, rng: random.Random) -> str:
-    """Fills `template` with a freshly worded description of `objects` (dicts with shape, color, size, position)."""
-    clauses = []
-    for obj in objects:
-        words = [obj["color"], obj["shape"]]
-        if rng.random() >= SIZE_OMISSION_PROBABILITY:
-            words.insert(0, rng.choice(SIZE_WORDS[obj["size"]]))
-        clauses.append(f"{_with_article(' '.join(words))} {rng.choice(POSITION_PHRASES[obj['position']])}")
-    return template.format(scene=" and ".join(clauses), background=background)
-
 
 def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> Dataset:
     """
     Generates a synthetic captioning dataset of one or two coloured shapes on a plain background, fully offline.
 
-    Each image holds a circle, square, triangle, star or cross of one of `SHAPE_COLORS`, small or large, on the left,
-    right, top, bottom or centre of a black, gray or white background, or two such shapes at opposite positions. It
-    comes with `CAPTIONS_PER_SHAPES_IMAGE` distinct reference captions (lower case, ending with a period), e.g.
-    `"a big red circle on the left."` and `"there is a red circle in the left part of the image."`, which all name
-    every shape with its colour and shape word.
+    Each image holds a circle, square, triangle, star or cross of one of `shapes_data.SHAPE_COLORS`, small or large,
+    on the left, right, top, bottom or centre of a black, gray or white background, or two such shapes at opposite
+    positions. It comes with `shapes_data.CAPTIONS_PER_SHAPES_IMAGE` distinct reference captions (lower case, ending
+    with a period), e.g. `"a big red circle on the left."` and `"there is a red circle in the left part of the
+    image."`, which all name every shape with its colour and shape word.
 
     The dataset only depends on `(num_images, seed, image_size, split)`: the same arguments give identical PNG bytes
     and captions, each split draws from its own random stream, and a smaller `num_images` gives a prefix of a larger
@@ -170,44 +75,15 @@ def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, sp
     """
     # String seeds are hashed with SHA-512 by `random.Random`, so streams are stable across processes and platforms.
     rng = random.Random(f"shapes/{split}/{seed}")
-    image_ids, images, captions = [], [], []
-    for index in range(num_images):
-        background = rng.choice(list(BACKGROUND_COLORS))
-        if rng.random() < 0.5:
-            positions = [rng.choice(list(SHAPE_POSITIONS))]
-        else:
-            positions = list(rng.choice(OPPOSITE_POSITIONS))
-            rng.shuffle(positions)
-        colors = [color for color in SHAPE_COLORS if color != background]
-        objects = [
-            {
-                "shape": rng.choice(SHAPE_NAMES),
-                "color": rng.choice(colors),
-                "size": rng.choice(list(SHAPE_SIZES)),
-                "position": position,
-            }
-            for position in positions
-        ]
-
-        image = PIL.Image.new("RGB", (image_size, image_size), BACKGROUND_COLORS[background])
-        draw = PIL.ImageDraw.Draw(image)
-        for obj in objects:
-            x, y = SHAPE_POSITIONS[obj["position"]]
-            # Small jitter so that images sharing a description still differ.
-            cx = (x + rng.uniform(-0.03, 0.03)) * image_size
-            cy = (y + rng.uniform(-0.03, 0.03)) * image_size
-            radius = SHAPE_SIZES[obj["size"]] * rng.uniform(0.9, 1.1) * image_size
-            _draw_shape(draw, obj["shape"], SHAPE_COLORS[obj["color"]], cx, cy, radius)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-
-        templates = rng.sample(CAPTION_TEMPLATES, CAPTIONS_PER_SHAPES_IMAGE)
-        image_ids.append(f"shapes-{split}-{index:05d}")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-        captions.append([_describe(objects, background, template, rng) for template in templates])
-
+    examples = [random_shapes_example(rng, image_size) for _ in range(num_images)]
     return Dataset.from_dict(
-        {"image_id": image_ids, "image": images, "captions": captions}, features=CAPTION_FEATURES, split=split
+        {
+            "image_id": [f"shapes-{split}-{index:05d}" for index in range(num_images)],
+            "image": [{"bytes": png, "path": None} for png, _ in examples],
+            "captions": [captions for _, captions in examples],
+        },
+        features=CAPTION_FEATURES,
+        split=split,
     )
 
 
@@ -439,3 +315,26 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
     # DecompressionBombError, ...); any of them means the image cannot be used.
     except Exception:
         return None
+
+
+def readable_images(dataset: Dataset) -> Iterator[tuple[int, PIL.Image.Image]]:
+    """`(row, RGB image)` for every row of `dataset` whose image opens (see [`open_image`]); each is decoded once."""
+    raw = dataset.cast_column("image", Image(decode=False))
+    for row, value in enumerate(raw["image"]):
+        image = open_image(value)
+        if image is not None:
+            yield row, image
+
+
+def readable_rows(dataset: Dataset) -> list[int]:
+    """The rows of `dataset` whose image opens, in order."""
+    return [row for row, _ in readable_images(dataset)]
+
+
+def readable_samples(dataset: Dataset) -> tuple[list[str], list[PIL.Image.Image], list[list[str]], int]:
+    """`(ids, RGB images, reference lists, number skipped)` of a caption dataset; unreadable images are skipped."""
+    image_ids, captions = list(dataset["image_id"]), list(dataset["captions"])
+    readable = list(readable_images(dataset))
+    ids = [image_ids[row] for row, _ in readable]
+    references = [list(captions[row]) for row, _ in readable]
+    return ids, [image for _, image in readable], references, len(dataset) - len(readable)

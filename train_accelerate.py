@@ -2,7 +2,7 @@
 """
 Train a VLM (vision tower + projector + language model) on image captions with 🤗 Accelerate, or compare projectors.
 
-Settings come from a YAML file whose keys are the fields of `training_vlm.VLMTrainingArguments`; command-line flags
+Settings come from a YAML file whose keys are the fields of `training.VLMTrainingArguments`; command-line flags
 override them:
 
     accelerate launch train_accelerate.py --config configs/coco_mlp.yaml
@@ -37,7 +37,8 @@ from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from configuration_vlm import PROJECTOR_TYPES
-from training_vlm import (
+from training import (
+    TrainingResults,
     VLMTrainingArguments,
     load_yaml_config,
     projector_comparison_table,
@@ -83,8 +84,8 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
     return runs
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Runs the command line; returns the results of every run (see `training_vlm.train`)."""
+def main(argv: Sequence[str] | None = None) -> list[TrainingResults]:
+    """Runs the command line; returns the results of every run (see `training.train`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     selector = argparse.ArgumentParser(add_help=False)
     selector.add_argument("--config", help="YAML file of VLMTrainingArguments fields")

@@ -1,4 +1,5 @@
-"""Shared fixtures: every test runs offline on tiny models built from configs."""
+"""Shared fixtures: every test runs offline on tiny models built from configs. The captioning prompt and chat come
+from their one home, `captioning.py`; the projector types from `configuration_vlm.py`."""
 
 import os
 
@@ -9,17 +10,6 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-PROJECTOR_TYPES = ["linear", "mlp", "qformer", "perceiver"]
-CAPTION_PROMPT = "Describe the image briefly."  # eval.CAPTION_PROMPT; eval is not installed in the 4.57 test env
-
-
-def caption_messages(answer: str | None = None) -> list[dict]:
-    """The COCO captioning chat: the image and the prompt as the user turn, optionally the caption as the answer."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_PROMPT}]}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": answer})
-    return messages
 
 
 @pytest.fixture

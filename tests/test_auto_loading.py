@@ -13,8 +13,9 @@ import textwrap
 import pytest
 import torch
 import transformers
-from conftest import PROJECTOR_TYPES, caption_messages
 
+from captioning import caption_messages
+from configuration_vlm import PROJECTOR_TYPES
 from tiny_vlm import build_tiny_vlm
 
 

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from configuration_vlm import PROJECTOR_TYPES
 
@@ -18,13 +20,28 @@ def _rates(report: dict) -> list[float]:
     ]
 
 
-def test_small_benchmark_reports_every_section_and_projector():
-    report = run_benchmarks(small=True, batch_sizes=[2])
+def _tables(text: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The markdown tables of a report by title: `(header, rows)`, each a list of cells."""
+    tables = {}
+    for section in text.split("\n\n"):
+        title, _, table = section.partition(":\n")
+        lines = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("|")]
+        if lines:
+            tables[title] = (lines[0], lines[2:])
+    return tables
 
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return run_benchmarks(small=True, batch_sizes=[2])
+
+
+def test_small_benchmark_reports_every_section_and_projector(report):
     assert set(report) == {
         "settings", "training", "vision", "generation", "seed_experiment", "karpathy_epoch", "loss_lever", "environment"
     }  # fmt: skip
-    for section in (report["training"], report["generation"], report["karpathy_epoch"], report["vision"]["epoch_share"]):
+    sections = (report["training"], report["generation"], report["karpathy_epoch"], report["vision"]["epoch_share"])
+    for section in sections:
         assert [row["projector"] for row in section] == list(PROJECTOR_TYPES)
     assert report["seed_experiment"]["measured"]
     assert [run["projector"] for run in report["seed_experiment"]["runs"]] == ["mlp", "qformer", "perceiver"]
@@ -37,4 +54,35 @@ def test_small_benchmark_reports_every_section_and_projector():
     # Both loss variants compute the same loss: the lever changes the cost only.
     labelled, full = (row["loss"] for row in report["loss_lever"])
     assert math.isclose(labelled, full, rel_tol=1e-4)
-    assert "Seed 000 experiment" in format_report(report)
+
+
+def test_report_tables_have_their_columns_and_every_projector(report):
+    text = format_report(report)
+    tables = _tables(text)
+    expected_columns = {
+        "Training step (align)": [
+            "projector", "batch", "seq len", "trainable params", "samples/s", "step s", "GFLOP/step", "TFLOP/s",
+            "peak MB",
+        ],
+        "Vision share with the feature cache on (derived from the measured rates)": [
+            "projector", "batch", "share of epoch 1", "share of a 10-epoch run",
+        ],
+        "Generation": ["projector", "batch", "captions", "max new tokens", "captions/s"],
+        "COCO-Karpathy epoch (566,747 pairs), extrapolated from the measured step rate": [
+            "projector", "batch", "samples/s (measured)", "epoch (extrapolated)",
+        ],
+    }  # fmt: skip
+    for title, columns in expected_columns.items():
+        header, rows = tables[title]
+        assert header == columns, title
+        assert [row[0] for row in rows] == list(PROJECTOR_TYPES), title
+        assert all(len(row) == len(columns) for row in rows), title
+    training_header, training_rows = tables["Training step (align)"]
+    for row, measured in zip(training_rows, report["training"]):
+        assert row[training_header.index("samples/s")] == f"{measured['samples_per_s']:.2f}"
+    assert tables["Vision features"][0] == ["batch", "images/s"]
+    lever_header, lever_rows = tables["Loss on labelled positions only vs full-vocabulary logits (forward + backward)"]
+    assert lever_header[0] == "variant"
+    assert [row[0] for row in lever_rows] == [row["variant"] for row in report["loss_lever"]]
+    seed = report["seed_experiment"]
+    assert f"Seed 000 experiment: {seed['wall_s']:.1f} s wall for mlp, qformer, perceiver x 1 epochs" in text

@@ -1,4 +1,5 @@
-"""Tests of `caption_data`: the synthetic shapes set, the COCO-Karpathy and generic loaders, and `open_image`."""
+"""Tests of `caption_data` and `shapes_data`: the synthetic shapes set, the COCO-Karpathy and generic loaders, and
+`open_image`."""
 
 import json
 import os
@@ -12,10 +13,6 @@ from datasets import Dataset, Image
 
 from caption_data import (
     CAPTION_FEATURES,
-    CAPTIONS_PER_SHAPES_IMAGE,
-    POSITION_PHRASES,
-    SHAPE_COLORS,
-    SHAPE_NAMES,
     SHAPES_SPLIT_SIZES,
     load_caption_dataset,
     load_captions,
@@ -23,6 +20,7 @@ from caption_data import (
     make_shapes_dataset,
     open_image,
 )
+from shapes_data import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
 
 
 def raw_images(dataset: Dataset) -> list[bytes]:

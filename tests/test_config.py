@@ -49,8 +49,15 @@ def test_invalid_values_raise(kwargs, message):
         VLMConfig(**kwargs)
 
 
+def rope_base(text_config) -> float:
+    """The RoPE base the language model uses: `rope_parameters["rope_theta"]` in 5.x, `rope_theta` in 4.x."""
+    parameters = getattr(text_config, "rope_parameters", None)
+    return parameters["rope_theta"] if parameters else text_config.rope_theta
+
+
 def test_rope_base_is_written_for_transformers_4_readers():
     """5.x keeps `rope_theta` inside `rope_parameters`; 4.x reads only the top-level key and would default to 10,000."""
-    text_config = VLMConfig().to_dict()["text_config"]
-    assert text_config["rope_theta"] == 1000000.0
-    assert VLMConfig.from_dict(VLMConfig().to_dict()).text_config.to_dict().get("rope_theta", 1000000.0) == 1000000.0
+    assert VLMConfig().to_dict()["text_config"]["rope_theta"] == 1000000.0
+    reloaded = VLMConfig.from_dict(VLMConfig().to_dict())
+    assert rope_base(reloaded.text_config) == 1000000.0
+    assert reloaded.to_dict()["text_config"]["rope_theta"] == 1000000.0  # still written after a round trip

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import PROJECTOR_TYPES, caption_messages
 
-from configuration_vlm import VLMConfig
+from captioning import caption_messages
+from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration
 from tiny_vlm import build_tiny_vlm
 
@@ -15,7 +15,7 @@ def caption_batch(processor, images, answers=None):
     if answers is None:
         texts = [processor.apply_chat_template(caption_messages(), add_generation_prompt=True) for _ in images]
     else:
-        texts = [processor.apply_chat_template(caption_messages(answer)) for answer in answers]
+        texts = [processor.apply_chat_template(caption_messages(caption=answer)) for answer in answers]
     batch = processor(images=images, text=texts, return_tensors="pt")
     if answers is not None:
         batch["labels"] = processor.build_labels(batch["input_ids"])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import caption_messages
 from PIL import Image
 
+from captioning import caption_messages
 from processing_vlm import to_rgb_image
 from tiny_vlm import build_tiny_processor
 
@@ -104,7 +104,7 @@ def test_chat_template_is_qwen_chatml_with_image_parts(processor):
 
 
 def test_labels_supervise_only_the_answer_and_its_end_of_turn(processor, images):
-    texts = [processor.apply_chat_template(caption_messages(answer)) for answer in ("A red box.", "Blue.")]
+    texts = [processor.apply_chat_template(caption_messages(caption=answer)) for answer in ("A red box.", "Blue.")]
     batch = processor(images=images[:2], text=texts, return_tensors="pt")
     labels = processor.build_labels(batch["input_ids"])
     for row, answer in enumerate(("A red box.", "Blue.")):

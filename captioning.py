@@ -1,0 +1,71 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The captioning protocol shared by training, evaluation and the benchmarks: the prompt, its chat messages, batched
+greedy caption generation, and loading a captioning model by name.
+
+It imports torch, transformers and the model files only (no datasets, no metrics), so the tests of the Hub-side code
+can use it under transformers 4.57 too.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from tiny_vlm import build_tiny_vlm
+
+
+CAPTION_PROMPT = "Describe the image briefly."
+"""The user turn of the common COCO-Karpathy captioning protocol; the image comes first."""
+
+
+def caption_messages(prompt: str = CAPTION_PROMPT, caption: str | None = None) -> list[dict]:
+    """The COCO captioning chat: the image then `prompt` as the user turn, and `caption` as the answer if given."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    if caption is not None:
+        messages.append({"role": "assistant", "content": caption})
+    return messages
+
+
+def caption_prompt(processor: ProcessorMixin, prompt: str = CAPTION_PROMPT) -> str:
+    """The chat-formatted captioning prompt, ending with the assistant header."""
+    return processor.apply_chat_template(caption_messages(prompt), add_generation_prompt=True)
+
+
+def generate_captions(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    prompt: str = CAPTION_PROMPT,
+    progress: bool = False,
+) -> list[str]:
+    """
+    Greedy captions of `images`, generated in batches (left padding, KV cache), one string per image. The images go
+    to the model's device and dtype; a lazily decoded `datasets` column is read one batch at a time.
+    """
+    text = caption_prompt(processor, prompt)
+    captions = []
+    for start in tqdm(range(0, len(images), batch_size), desc="captioning", disable=not progress):
+        chunk = list(images[start : start + batch_size])
+        inputs = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt").to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with torch.inference_mode():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        captions += [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return captions
+
+
+def load_captioning_model(
+    name: str, device: str | torch.device, dtype: torch.dtype
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A model and processor from a directory or Hub id, or `tiny:<projector_type>` for an untrained tiny model."""
+    if name.startswith("tiny:"):
+        model, processor = build_tiny_vlm(name.split(":", 1)[1])
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    return model.to(device=device, dtype=dtype).eval(), processor

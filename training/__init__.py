@@ -1,0 +1,32 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Accelerate, one job per module:
+
+- `arguments`: [`VLMTrainingArguments`], every setting of a run, and the YAML config files that fill it;
+- `model_setup`: the model source, the freeze stage (`align`, `finetune`, `lora`), AdamW and the schedule;
+- `data`: caption examples, the collator, the training loader and the evaluation set;
+- `feature_cache`: the on-disk cache of a frozen vision tower's features;
+- `checkpointing`: atomic checkpoints, rotation, resume, the best and final models;
+- `telemetry`: what is logged while training;
+- `evaluation`: validation loss and COCO caption metrics during training;
+- `model_card`: the model card of a run and the Hub upload;
+- `results`: [`TrainingResults`], what a finished run reports;
+- `loop`: [`train`] and [`training_step`];
+- `comparison`: [`run_comparison`] and the table of the projector comparison.
+"""
+
+from .arguments import VLMTrainingArguments, load_yaml_config
+from .comparison import projector_comparison_table, run_comparison
+from .loop import train, training_step
+from .results import TrainingResults
+
+
+__all__ = [
+    "TrainingResults",
+    "VLMTrainingArguments",
+    "load_yaml_config",
+    "projector_comparison_table",
+    "run_comparison",
+    "train",
+    "training_step",
+]

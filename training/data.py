@@ -1,0 +1,225 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The data of a training run, COCO captioning protocol: [`CaptionExamples`] draws one reference per image and epoch,
+[`CaptionCollator`] turns them into model inputs (unreadable images are dropped and counted), and [`prepare_data`]
+builds the training loader and the evaluation set of a run, with the frozen tower's features from the cache.
+"""
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from datasets import Image as ImageFeature
+from torch.utils.data import DataLoader
+
+from caption_data import load_captions, open_image, readable_rows
+from captioning import CAPTION_PROMPT, caption_messages
+from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor
+
+from .arguments import VLMTrainingArguments
+from .feature_cache import VisionFeatures, load_or_compute_vision_features
+
+
+class CaptionExamples(torch.utils.data.Dataset):
+    """
+    Examples of a caption dataset for the captioning loss: the image (or its cached vision features, `None` when it is
+    unreadable) and one of its references, drawn deterministically from `seed` and, for training, the epoch (see
+    `set_epoch`).
+
+    Args:
+        dataset (`datasets.Dataset`): rows with `image_id`, `image` and `captions`.
+        rows (`list[int]`, *optional*): the rows to use, in order (all by default).
+        seed (`int`): seed of the reference drawn for each row and epoch.
+        vision_features ([`VisionFeatures`], *optional*): cached features used instead of the images.
+        redraw_each_epoch (`bool`, *optional*, defaults to `True`): draw another reference every epoch; without it
+            (evaluation), every pass sees the same references, whatever epoch a data loader sets.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        rows: list[int] | None = None,
+        seed: int = 0,
+        vision_features: VisionFeatures | None = None,
+        redraw_each_epoch: bool = True,
+    ):
+        self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
+        self.image_ids = list(dataset["image_id"])
+        self.captions = list(dataset["captions"])
+        self.rows = list(range(len(dataset))) if rows is None else list(rows)
+        self.seed = seed
+        self.epoch = 0
+        self.vision_features = vision_features
+        self.redraw_each_epoch = redraw_each_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        # Accelerate's prepared loaders set the epoch of their dataset at every pass, evaluation loaders included.
+        if self.redraw_each_epoch:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        references = self.captions[row]
+        caption = references[random.Random(f"{self.seed}/{self.epoch}/{row}").randrange(len(references))]
+        example = {"image_id": self.image_ids[row], "caption": caption}
+        if self.vision_features is None:
+            example["image"] = open_image(self.images[row]["image"])
+        else:
+            feature_index = int(self.vision_features.row_index[row])
+            example["vision_features"] = self.vision_features.features[feature_index] if feature_index >= 0 else None
+        return example
+
+
+@dataclass
+class CaptionCollator:
+    """
+    Batches [`CaptionExamples`] items into model inputs: the chat-formatted prompt and caption (left padded), labels on
+    the caption and its end-of-turn only, `position_ids` that skip the padding (as `generate` computes them), and
+    `pixel_values` or `vision_features`. Examples whose image is unreadable are dropped and counted in
+    `num_skipped_images`; a batch where every image is unreadable has no `input_ids`.
+    """
+
+    processor: VLMProcessor
+    prompt: str = CAPTION_PROMPT
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        kept = [e for e in examples if e.get("image", e.get("vision_features")) is not None]
+        batch: dict[str, Any] = {"num_skipped_images": len(examples) - len(kept)}
+        if not kept:
+            return batch
+        texts = [self.processor.apply_chat_template(caption_messages(self.prompt, e["caption"])) for e in kept]
+        if "vision_features" in kept[0]:
+            # No images to hand the processor: only the placeholders are needed.
+            texts = [self.processor.expand_image_tokens(text) for text in texts]
+            batch.update(self.processor.tokenizer(texts, padding=True, return_tensors="pt"))
+            batch["vision_features"] = torch.stack([e["vision_features"] for e in kept])
+        else:
+            batch.update(self.processor(images=[e["image"] for e in kept], text=texts, return_tensors="pt"))
+        batch["labels"] = self.processor.build_labels(batch["input_ids"])
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return batch
+
+
+def collate_images(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Batches dataset rows for captioning: `{"image_id": [...], "image": [PIL images]}`."""
+    return {"image_id": [row["image_id"] for row in rows], "image": [row["image"] for row in rows]}
+
+
+@dataclass
+class EvalSet:
+    """
+    The evaluation split of a run, ready for [`~training.evaluation.evaluate`]: both loaders are prepared by the
+    accelerator (each process reads its share), and `references` holds every readable image's references.
+    """
+
+    loss_loader: DataLoader
+    caption_loader: DataLoader
+    references: dict[str, list[str]]
+    num_skipped_images: int
+
+
+@dataclass
+class RunData:
+    """The data of a run: the training examples and their prepared loader, the evaluation set, and the cached vision
+    features of both splits (`None` where the tower's features are not cached)."""
+
+    train_examples: CaptionExamples
+    train_loader: DataLoader
+    eval_set: EvalSet
+    features: dict[str, VisionFeatures | None]
+
+
+def load_split(args: VLMTrainingArguments, split: str, max_samples: int | None) -> Dataset:
+    """One split of the run's dataset, with the columns of `caption_data.CAPTION_FEATURES`."""
+    return load_captions(
+        args.dataset,
+        split,
+        image_root=args.image_root,
+        max_samples=max_samples,
+        seed=args.seed,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        id_column=args.id_column,
+    )
+
+
+def prepare_data(
+    args: VLMTrainingArguments, accelerator: Accelerator, vlm: VLMForConditionalGeneration, processor: VLMProcessor
+) -> RunData:
+    """
+    Loads both splits, caches the vision features when the tower is frozen, and builds the prepared training loader
+    (shuffled per epoch from `args.seed`; `accelerator` must use the seedable sampler) and evaluation set.
+    """
+    with accelerator.main_process_first():
+        train_data = load_split(args, args.train_split, args.max_train_samples)
+        eval_data = load_split(args, args.eval_split, args.max_eval_samples)
+    features: dict[str, VisionFeatures | None] = {"train": None, "eval": None}
+    if args.cache_vision_features and not any(p.requires_grad for p in vlm.vision_tower.parameters()):
+        with accelerator.local_main_process_first():
+            for name, data in (("train", train_data), ("eval", eval_data)):
+                features[name] = load_or_compute_vision_features(
+                    vlm, processor, data, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
+                )
+    collator = CaptionCollator(processor, args.prompt)
+    train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
+    # Shuffled by accelerate's seedable sampler (see `make_accelerator`): the order depends on the seed and the epoch
+    # only, the same on every process and after a resume.
+    train_loader = DataLoader(
+        train_examples,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        num_workers=args.dataloader_num_workers,
+    )
+    eval_set = build_eval_set(
+        accelerator,
+        eval_data,
+        features["eval"],
+        collator,
+        seed=args.seed,
+        batch_size=args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers,
+    )
+    if not eval_set.references:
+        raise ValueError(f"No image of the {args.eval_split!r} split of {args.dataset!r} could be read.")
+    return RunData(train_examples, accelerator.prepare_data_loader(train_loader), eval_set, features)
+
+
+def build_eval_set(
+    accelerator: Accelerator,
+    eval_data: Dataset,
+    features: VisionFeatures | None,
+    collator: CaptionCollator,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+) -> EvalSet:
+    """
+    The readable rows of `eval_data` as two prepared loaders: caption-loss batches (from `features` when cached; `seed`
+    draws each image's reference) and image batches to caption. Accelerate completes the last batch of a process with
+    duplicates so that every process runs the same forwards; the evaluation leaves them out (`gather_for_metrics`).
+    """
+    rows = readable_rows(eval_data) if features is None else features.readable_rows
+    image_ids, references = list(eval_data["image_id"]), list(eval_data["captions"])
+    loss_loader = DataLoader(
+        CaptionExamples(eval_data, rows, seed, features, redraw_each_epoch=False),
+        batch_size=batch_size,
+        collate_fn=collator,
+        num_workers=num_workers,
+    )
+    caption_loader = DataLoader(
+        eval_data.select(rows), batch_size=batch_size, collate_fn=collate_images, num_workers=num_workers
+    )
+    return EvalSet(
+        loss_loader=accelerator.prepare_data_loader(loss_loader),
+        caption_loader=accelerator.prepare_data_loader(caption_loader),
+        references={image_ids[row]: references[row] for row in rows},
+        num_skipped_images=len(eval_data) - len(rows),
+    )

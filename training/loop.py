@@ -1,0 +1,378 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The training loop: [`train`] runs a whole run, one [`training_step`] per micro-batch.
+
+The same loop runs on CPU, one GPU, multi-GPU DDP, FSDP and DeepSpeed ZeRO-2 (see `configs/accelerate/`): mixed
+precision, gradient accumulation, clipping, warm-up + cosine, atomic checkpoints that resume mid-epoch, evaluation
+with CIDEr/METEOR after every epoch, the best model by CIDEr, a model card and the Hub upload.
+"""
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor
+
+from .arguments import VLMTrainingArguments
+from .checkpointing import TrainerState, resume, save_best_model, save_checkpoint, save_final_model
+from .data import RunData, prepare_data
+from .evaluation import evaluate
+from .model_card import push_output_dir, write_model_card
+from .model_setup import (
+    TrainingSchedule,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    count_parameters,
+    prepare_model_for_training,
+)
+from .results import TrainingResults
+from .telemetry import StepWindow, hardware_description, training_logs
+
+
+DATA_SEED_SPREAD = 1_000_003
+"""`args.seed` times this seeds the training data order (see `make_accelerator`)."""
+
+
+def training_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor] | None,
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float,
+    loss_weight: float = 1.0,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """
+    One micro-batch: forward with `labels` (the loss on labelled positions only), backward, and at the end of an
+    accumulation cycle gradient clipping; the prepared optimizer and scheduler step only then. `loss_weight` 0 replays
+    a batch without learning from it; `batch=None` runs no forward at all.
+
+    Returns:
+        The detached loss (`None` without a batch) and the gradient norm before clipping (`None` mid-cycle).
+    """
+    loss = grad_norm = None
+    with accelerator.accumulate(model):
+        if batch is not None:
+            loss = model(**batch).loss * loss_weight
+            accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return (None if loss is None else loss.detach()), grad_norm
+
+
+def train(
+    args: VLMTrainingArguments,
+    model: VLMForConditionalGeneration | None = None,
+    processor: VLMProcessor | None = None,
+) -> TrainingResults:
+    """
+    Trains as `args` says and returns the results (also written to `output_dir/training_results.json`). `model` and
+    `processor` replace the model source of `args` when given.
+    """
+    if (model is None) != (processor is None):
+        raise ValueError("Pass `model` and `processor` together, or neither to build them from `args`.")
+    wall_start = time.perf_counter()
+    accelerator = make_accelerator(args)
+    set_seed(args.seed)
+    vlm, processor = (model, processor) if model is not None else build_model(args)
+    model = prepare_model_for_training(vlm, args)
+    parameter_counts = count_parameters(model)
+
+    data = prepare_data(args, accelerator, vlm, processor)
+    schedule = TrainingSchedule.plan(
+        len(data.train_examples), args.per_device_train_batch_size * accelerator.num_processes,
+        args.gradient_accumulation_steps, args.num_train_epochs, args.max_steps, args.warmup_steps, args.warmup_ratio,
+    )  # fmt: skip
+    component_lrs = {"projector": args.projector_lr, "llm": args.llm_lr, "vision": args.vision_lr}
+    betas = (args.adam_beta1, args.adam_beta2)
+    optimizer = build_optimizer(model, args.learning_rate, component_lrs, args.weight_decay, betas, args.adam_epsilon)
+    scheduler = build_scheduler(optimizer, args.lr_scheduler_type, schedule, accelerator.num_processes)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    checkpoint, state = resume(accelerator, args.resume_from_checkpoint, args.output_dir)
+    run_name = args.run_name or os.path.basename(os.path.abspath(args.output_dir))
+    accelerator.init_trackers(run_name, config={k: v for k, v in asdict(args).items() if v is not None})
+    samples_per_step = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(run_summary(vlm, args.stage, data, schedule, parameter_counts, samples_per_step))
+    evaluate_first = args.eval_before_training and args.eval_strategy != "no" and checkpoint is None
+    captions = run_epochs(
+        args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, evaluate_first
+    )
+
+    save_final_model(accelerator, model, processor, args.output_dir, merge_adapter=args.stage == "lora")
+    sample_captions = list(captions.items())[: args.num_sample_captions]
+    results = collect_results(
+        accelerator, vlm, args.output_dir, args.stage, data, state, parameter_counts, sample_captions
+    )
+    results.wall_time_s = time.perf_counter() - wall_start
+    accelerator.print(results_summary(results))
+    if accelerator.is_main_process:
+        results.save(args.output_dir)
+        write_model_card(args.output_dir, args, results)
+        if args.push_to_hub:
+            push_output_dir(args.output_dir, args.push_to_hub, args.hub_private_repo)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def make_accelerator(args: VLMTrainingArguments) -> Accelerator:
+    """
+    The run's accelerator: device, mixed precision, gradient accumulation, trackers logging to `output_dir/logs`, and
+    the training data shuffled by accelerate's seedable sampler from `args.seed` and the epoch.
+    """
+    # The seedable sampler shuffles epoch e with seed `data_seed + e`: spreading the seeds keeps runs of neighbouring
+    # seeds from sharing their epoch orders one epoch apart.
+    data_seed = args.seed * DATA_SEED_SPREAD
+    accelerator = Accelerator(
+        cpu=args.use_cpu,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=data_seed),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.trackers,
+        project_config=ProjectConfiguration(args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+    )
+    if args.stage == "lora" and accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "The lora stage merges adapters into unsharded weights: run it with DDP or DeepSpeed, not FSDP."
+        )
+    return accelerator
+
+
+def run_epochs(
+    args: VLMTrainingArguments,
+    accelerator: Accelerator,
+    model: nn.Module,
+    processor: VLMProcessor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    data: RunData,
+    schedule: TrainingSchedule,
+    state: TrainerState,
+    evaluate_first: bool = False,
+) -> dict[str, str]:
+    """
+    Trains from `state` to the end of `schedule`: one [`training_step`] per micro-batch, logs every
+    `args.logging_steps`, a checkpoint every `args.save_steps`, an evaluation after every epoch (and after the last
+    step when `max_steps` ends mid-epoch). Returns the captions of the last evaluation.
+    """
+    bar = tqdm(
+        total=schedule.total_steps,
+        initial=state.global_step,
+        desc=f"train {accelerator.unwrap_model(model).config.projector_type}",
+        disable=not accelerator.is_local_main_process,
+    )
+    report = ProgressReport(accelerator, optimizer, StepWindow(accelerator.device), bar)
+    window = report.window
+    captions: dict[str, str] = {}
+    if evaluate_first:
+        evaluate_and_record(accelerator, model, processor, data, state, args, epoch=0, save_best=False)
+    grad_norm = previous = None
+    model.train()
+    while state.epoch < schedule.num_epochs and state.global_step < schedule.total_steps:
+        for batch in window.timed(epoch_batches(accelerator, data, state)):
+            state.step_in_epoch += 1
+            window.add_skipped_images(batch.pop("num_skipped_images"))
+            batch, weight, previous = replay_if_unreadable(batch, previous)
+            with window.computing():
+                loss, grad_norm = training_step(
+                    model, batch, accelerator, optimizer, scheduler, args.max_grad_norm, weight
+                )
+            if weight:
+                window.add_batch(loss, batch)
+            if accelerator.sync_gradients:
+                end_optimizer_step(report, state, grad_norm, args, schedule.total_steps)
+                if state.global_step >= schedule.total_steps and state.step_in_epoch < len(data.train_loader):
+                    break  # max_steps reached mid-epoch
+        if state.step_in_epoch < len(data.train_loader):
+            break
+        if args.eval_strategy == "epoch":
+            captions = evaluate_and_record(accelerator, model, processor, data, state, args, state.epoch + 1)
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    report.record(state, grad_norm)
+    bar.close()
+    # Stopped mid-epoch by max_steps: the final model still gets its evaluation.
+    if args.eval_strategy == "epoch" and (not state.history or state.history[-1]["step"] != state.global_step):
+        epoch = state.epoch + state.step_in_epoch / schedule.batches_per_epoch
+        captions = evaluate_and_record(accelerator, model, processor, data, state, args, epoch)
+    return captions
+
+
+def epoch_batches(accelerator: Accelerator, data: RunData, state: TrainerState) -> DataLoader:
+    """The micro-batches of `state.epoch` not trained on yet: the whole epoch, or its rest after a resume."""
+    data.train_examples.set_epoch(state.epoch)
+    # The prepared loader hands its own epoch counter to the seedable sampler at every pass: set it, not the sampler's.
+    data.train_loader.set_epoch(state.epoch)
+    if state.step_in_epoch:
+        return accelerator.skip_first_batches(data.train_loader, state.step_in_epoch)
+    return data.train_loader
+
+
+def replay_if_unreadable(
+    batch: dict[str, torch.Tensor], previous: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor] | None, float, dict[str, torch.Tensor] | None]:
+    """
+    `(batch to train on, loss weight, batch to replay next time)`. When every image of `batch` was unreadable, the
+    previous batch is replayed with weight 0, so that every process still runs the same forward and backward passes.
+    """
+    if "input_ids" in batch:
+        return batch, 1.0, batch
+    return previous, 0.0, previous
+
+
+@dataclass
+class ProgressReport:
+    """How a run reports training: the steps since the last log, the progress bar, and the trackers."""
+
+    accelerator: Accelerator
+    optimizer: torch.optim.Optimizer
+    window: StepWindow
+    bar: tqdm
+
+    def record(self, state: TrainerState, grad_norm: torch.Tensor | None) -> None:
+        """Adds the steps since the last log to `state` (samples, skipped images, time), logs them, empties `window`."""
+        totals = self.window.flush(self.accelerator)
+        state.samples_seen += totals.samples
+        state.skipped_train_images += totals.skipped_images
+        state.train_time_s += totals.time_s
+        if totals.micro_batches:
+            device = self.accelerator.device
+            logs = training_logs(totals, state.epoch, state.skipped_train_images, self.optimizer, grad_norm, device)
+            self.accelerator.log(logs, step=state.global_step)
+            self.bar.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+
+
+def end_optimizer_step(
+    report: ProgressReport,
+    state: TrainerState,
+    grad_norm: torch.Tensor | None,
+    args: VLMTrainingArguments,
+    total_steps: int,
+) -> None:
+    """
+    Counts the optimizer step, then logs every `args.logging_steps` (and at `total_steps`) and checkpoints every
+    `args.save_steps`.
+    """
+    state.global_step += 1
+    report.bar.update(1)
+    if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
+        report.record(state, grad_norm)
+    if args.save_steps > 0 and state.global_step % args.save_steps == 0:
+        report.record(state, grad_norm)
+        save_checkpoint(report.accelerator, state, args.output_dir, args.save_total_limit)
+
+
+def evaluate_and_record(
+    accelerator: Accelerator,
+    model: nn.Module,
+    processor: VLMProcessor,
+    data: RunData,
+    state: TrainerState,
+    args: VLMTrainingArguments,
+    epoch: float,
+    save_best: bool = True,
+) -> dict[str, str]:
+    """
+    Evaluates the model, appends the record to `state.history`, logs and prints it, and with `save_best` keeps the
+    model in `output_dir/best` when it improves on `args.metric_for_best_model`. Returns the captions (main process).
+    """
+    metrics, captions = evaluate(
+        accelerator, model, processor, data.eval_set, args.predict_with_generate, args.max_new_tokens, args.prompt
+    )
+    record = {"epoch": epoch, "step": state.global_step, **metrics}
+    state.history.append(record)
+    accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
+    accelerator.print(f"eval after epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if save_best:
+        save_best_model(
+            accelerator, model, processor, state, record, args.metric_for_best_model, args.output_dir
+        )
+    return captions
+
+
+def collect_results(
+    accelerator: Accelerator,
+    vlm: VLMForConditionalGeneration,
+    output_dir: str,
+    stage: str,
+    data: RunData,
+    state: TrainerState,
+    parameter_counts: tuple[int, int],
+    sample_captions: list[tuple[str, str]],
+) -> TrainingResults:
+    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples; the caller times the run."""
+    references = data.eval_set.references
+    final_metrics = state.history[-1] if state.history else {}
+    return TrainingResults(
+        output_dir=output_dir,
+        projector_type=vlm.config.projector_type,
+        stage=stage,
+        num_image_tokens=vlm.config.num_image_tokens,
+        trainable_parameters=parameter_counts[0],
+        total_parameters=parameter_counts[1],
+        num_train_images=len(data.train_examples),
+        num_eval_images=len(references),
+        skipped_train_images=state.skipped_train_images,
+        skipped_eval_images=data.eval_set.num_skipped_images,
+        feature_cache={
+            name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in data.features.items()
+        },
+        global_step=state.global_step,
+        final_metrics={k: v for k, v in final_metrics.items() if k not in ("epoch", "step")},
+        best_metric=state.best_metric,
+        best_step=state.best_step,
+        history=state.history,
+        train_time_s=state.train_time_s,
+        wall_time_s=0.0,
+        samples_per_second=state.samples_seen / max(state.train_time_s, 1e-9),
+        hardware=hardware_description(accelerator),
+        num_processes=accelerator.num_processes,
+        mixed_precision=str(accelerator.mixed_precision),
+        sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
+    )
+
+
+def run_summary(
+    vlm: VLMForConditionalGeneration,
+    stage: str,
+    data: RunData,
+    schedule: TrainingSchedule,
+    parameter_counts: tuple[int, int],
+    samples_per_step: int,
+) -> str:
+    """The line a run prints before it starts: model, data, steps and where the vision features come from."""
+    features = data.features
+    if all(f is None for f in features.values()):
+        cache = "not cached (vision tower trains or cache off)"
+    else:
+        cache = ", ".join(
+            f"{name} {'cache hit' if f.cache_hit else 'computed and cached'}" for name, f in features.items()
+        )
+    return (
+        f"{vlm.config.projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / "
+        f"{parameter_counts[1]:,} parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval "
+        f"images; {schedule.total_steps} steps of {samples_per_step} samples; vision features: {cache}; unreadable "
+        f"eval images skipped: {data.eval_set.num_skipped_images}."
+    )
+
+
+def results_summary(results: TrainingResults) -> str:
+    """The line a run prints when it is done."""
+    return (
+        f"done in {results.wall_time_s:.0f} s: final "
+        + ", ".join(f"{k} {v:.4f}" for k, v in results.final_metrics.items())
+        + f"; skipped unreadable images: {results.skipped_train_images} train examples, "
+        f"{results.skipped_eval_images} eval"
+    )

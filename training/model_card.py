@@ -1,0 +1,144 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The model card of a run (`README.md` of its output directory, rendered from `model_card_template.md` with
+`huggingface_hub.ModelCard.from_template`) and the upload of the output directory to the Hub.
+"""
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from caption_data import KARPATHY_SOURCE
+from markdown_tables import format_score, markdown_table
+
+from .arguments import VLMTrainingArguments
+from .checkpointing import BEST_DIR, CHECKPOINT_PREFIX, TMP_PREFIX
+from .results import TrainingResults
+
+
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+CARD_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
+"""The caption metrics a model card reports, in its model-index and its table."""
+
+
+def base_model_ids(args: VLMTrainingArguments) -> list[str]:
+    """Hub ids of the pretrained weights the run started from (local directories and tiny models have none)."""
+    names = [args.vision_model, args.text_model, args.model_name_or_path]
+    return [name for name in names if name is not None and not os.path.exists(name)]
+
+
+def dataset_ids(dataset: str) -> list[str]:
+    """Hub ids of the training data named `dataset` (none for the offline shapes and local directories)."""
+    if dataset == "coco-karpathy":
+        return [KARPATHY_SOURCE]
+    return [] if dataset == "shapes" or os.path.exists(dataset) else [dataset]
+
+
+def card_eval_results(final: dict[str, float], dataset_name: str, split: str) -> list[EvalResult]:
+    """The model-index entries of the final metrics: the caption metrics, then the validation loss."""
+    common = {"task_type": "image-to-text", "dataset_type": dataset_name, "dataset_name": dataset_name}
+    results = [
+        EvalResult(
+            **common,
+            task_name="Image captioning",
+            dataset_split=split,
+            metric_type=metric.split("-")[0].lower(),
+            metric_name=metric,
+            metric_value=round(final[metric], 4),
+        )
+        for metric in CARD_METRICS
+        if metric in final
+    ]
+    if "loss" in final:
+        results.append(
+            EvalResult(
+                **common,
+                dataset_split=split,
+                metric_type="loss",
+                metric_name="validation loss",
+                metric_value=round(final["loss"], 4),
+            )
+        )
+    return results
+
+
+def history_table(history: list[dict], metric_names: list[str]) -> str:
+    """One row per evaluation: epoch, step and `metric_names` (a row of dashes when there was none)."""
+    rows = [
+        [f"{record['epoch']:g}", record["step"], *(f"{record[m]:.4f}" for m in metric_names)] for record in history
+    ]
+    return markdown_table(["epoch", "step", *metric_names], rows or [["-"] * (2 + len(metric_names))])
+
+
+def write_model_card(output_dir: str, args: VLMTrainingArguments, results: TrainingResults) -> ModelCard:
+    """
+    `README.md` of the output dir: metadata (both towers as base models, datasets, pipeline tag, a model-index with the
+    final metrics), results per epoch, the training configuration, hardware, wall time, sample captions and usage.
+    """
+    final = results.final_metrics
+    model_name = args.push_to_hub or os.path.basename(os.path.abspath(output_dir))
+    datasets = dataset_ids(args.dataset)
+    dataset_name = datasets[0] if datasets else args.dataset
+    eval_results = card_eval_results(final, dataset_name, args.eval_split)
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model_ids(args) or None,
+        datasets=datasets or None,
+        pipeline_tag="image-text-to-text",
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["vision-language", "image-captioning", f"projector-{results.projector_type}", f"stage-{args.stage}"],
+        eval_results=eval_results or None,
+    )
+    towers = " + ".join(base_model_ids(args)) or (
+        "tiny random towers (offline)" if args.model == "tiny" else args.model_name_or_path
+    )
+    values = {
+        **asdict(args),
+        **_results_fields(results),
+        "model_name": model_name,
+        "towers": towers,
+        "history_table": history_table(results.history, [m for m in ("loss", *CARD_METRICS) if m in final]),
+        "samples_table": markdown_table(("image", "a reference", "generated"), results.sample_captions),
+        "config_yaml": yaml.safe_dump(asdict(args), sort_keys=False).strip(),
+        "repo": args.push_to_hub or output_dir,
+    }
+    card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **values)
+    card.save(os.path.join(output_dir, "README.md"))
+    return card
+
+
+def _results_fields(results: TrainingResults) -> dict[str, str | int]:
+    """The template values taken from the run's results, formatted."""
+    return {
+        "projector_type": results.projector_type,
+        "num_image_tokens": results.num_image_tokens,
+        "trainable_parameters": f"{results.trainable_parameters:,}",
+        "total_parameters": f"{results.total_parameters:,}",
+        "num_train_images": results.num_train_images,
+        "num_eval_images": results.num_eval_images,
+        "best_metric": format_score(results.best_metric),
+        "best_step": results.best_step,
+        "hardware": results.hardware,
+        "num_processes": results.num_processes,
+        "mixed_precision": results.mixed_precision,
+        "wall_time_min": f"{results.wall_time_s / 60:.1f}",
+        "train_time_min": f"{results.train_time_s / 60:.1f}",
+        "samples_per_second": f"{results.samples_per_second:.1f}",
+    }
+
+
+def push_output_dir(output_dir: str, repo_id: str, private: bool = False) -> str:
+    """Creates `repo_id` if needed and uploads the output dir to it, without checkpoints and the best-model copy."""
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        commit_message="Upload VLM trained with train_accelerate.py",
+        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f"{TMP_PREFIX}*", f"{BEST_DIR}/*"],
+    )
+    return repo_id

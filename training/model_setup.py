@@ -1,0 +1,183 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The model of a run and how it trains: [`build_model`] (tiny, pretrained towers, or a saved VLM),
+[`configure_trainable_parameters`] (the freeze stage: `align`, `finetune`, `lora`), [`build_optimizer`] (AdamW, one
+learning rate per component) and the learning-rate schedule ([`TrainingSchedule`], [`build_scheduler`]).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from accelerate.utils import set_seed
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import get_scheduler
+
+from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor
+from tiny_vlm import build_tiny_vlm
+
+from .arguments import VLMTrainingArguments
+
+
+COMPONENTS = {"vision_tower": "vision", "multi_modal_projector": "projector", "language_model": "llm"}
+"""Parameter-name fragment -> component, for the per-component learning rates."""
+
+
+def build_model(args: VLMTrainingArguments) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
+    """The model and processor of `args`' model source; a new projector is initialised from `args.seed`."""
+    config_kwargs = {} if args.vision_feature_layer is None else {"vision_feature_layer": args.vision_feature_layer}
+    if args.model == "tiny":
+        return build_tiny_vlm(args.projector_type, seed=args.seed, **config_kwargs)
+    if args.model_name_or_path is not None:
+        model = VLMForConditionalGeneration.from_pretrained(args.model_name_or_path, **config_kwargs)
+        return model, VLMProcessor.from_pretrained(args.model_name_or_path)
+    set_seed(args.seed)
+    return VLMForConditionalGeneration.from_pretrained_backbones(
+        vision=args.vision_model, text=args.text_model, projector_type=args.projector_type, **config_kwargs
+    )
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str, unfreeze_vision: bool) -> LoraConfig:
+    """
+    LoRA adapters on the modules matching `target_modules` (a regex); the projector, and the vision tower when it
+    trains, are trained and saved whole beside them.
+    """
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        modules_to_save=["multi_modal_projector"] + (["vision_tower"] if unfreeze_vision else []),
+    )
+
+
+def configure_trainable_parameters(
+    model: VLMForConditionalGeneration,
+    stage: str,
+    unfreeze_vision: bool = False,
+    lora: LoraConfig | None = None,
+) -> nn.Module:
+    """
+    Freezes everything but what `stage` trains: the projector (`align`), the projector and the language model
+    (`finetune`), or the projector and the `lora` adapters on the language model (`lora`, returns a `PeftModel`). The
+    vision tower trains too with `unfreeze_vision`.
+    """
+    model.requires_grad_(False)
+    model.multi_modal_projector.requires_grad_(True)
+    if stage == "finetune":
+        model.language_model.requires_grad_(True)
+    if unfreeze_vision:
+        model.vision_tower.requires_grad_(True)
+    if stage != "lora":
+        return model
+    if lora is None:
+        raise ValueError("stage='lora' needs the adapters' `lora` config: pass `lora_config(...)`.")
+    return get_peft_model(model, lora)
+
+
+def prepare_model_for_training(vlm: VLMForConditionalGeneration, args: VLMTrainingArguments) -> nn.Module:
+    """
+    `vlm` ready for `args.stage`: the trainable parameters set (LoRA adapters added for `lora`, returning a
+    `PeftModel`), gradient checkpointing on when asked.
+    """
+    lora = None
+    if args.stage == "lora":
+        lora = lora_config(
+            args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.unfreeze_vision
+        )
+    model = configure_trainable_parameters(vlm, args.stage, args.unfreeze_vision, lora)
+    if args.gradient_checkpointing:
+        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """`(trainable, total)` parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def build_optimizer(
+    model: nn.Module,
+    learning_rate: float,
+    component_learning_rates: dict[str, float | None] | None = None,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """
+    AdamW over the trainable parameters, one group per component (`projector`, `llm`, `vision`) with its learning
+    rate from `component_learning_rates` (`learning_rate` where it is missing or `None`), and without weight decay on
+    biases and norm weights.
+    """
+    component_learning_rates = component_learning_rates or {}
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        component = next(component for fragment, component in COMPONENTS.items() if fragment in name)
+        decay = parameter.ndim >= 2
+        lr = component_learning_rates.get(component)
+        group = groups.setdefault(
+            (component, decay),
+            {
+                "name": component,
+                "params": [],
+                "lr": learning_rate if lr is None else lr,
+                "weight_decay": weight_decay if decay else 0.0,
+            },
+        )
+        group["params"].append(parameter)
+    return torch.optim.AdamW(list(groups.values()), lr=learning_rate, betas=betas, eps=eps)
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """How long a run trains: micro-batches per epoch (per process), optimizer steps, epochs and warm-up steps."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: int
+    warmup_steps: int
+
+    @classmethod
+    def plan(
+        cls,
+        num_examples: int,
+        batch_size: int,
+        gradient_accumulation_steps: int,
+        num_train_epochs: int,
+        max_steps: int = -1,
+        warmup_steps: int = 0,
+        warmup_ratio: float = 0.0,
+    ) -> "TrainingSchedule":
+        """
+        The schedule of `num_examples` in batches of `batch_size` over all processes: `max_steps` optimizer steps when
+        positive, else `num_train_epochs` epochs; `warmup_steps` when positive, else `warmup_ratio` of the steps.
+        """
+        batches_per_epoch = math.ceil(num_examples / batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / gradient_accumulation_steps)
+        total_steps = max_steps if max_steps > 0 else num_train_epochs * steps_per_epoch
+        return cls(
+            batches_per_epoch=batches_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            num_epochs=math.ceil(total_steps / steps_per_epoch),
+            warmup_steps=warmup_steps or math.ceil(warmup_ratio * total_steps),
+        )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, schedule: TrainingSchedule, num_processes: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' `get_scheduler(name)` over `schedule`'s warm-up and total steps."""
+    # Once prepared by accelerate, the scheduler steps once per process at each optimizer step.
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=schedule.warmup_steps * num_processes,
+        num_training_steps=schedule.total_steps * num_processes,
+    )
