@@ -53,7 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def file_slug(name: str) -> str:
-    """`name` (a model name or image id) as a file-name fragment."""
+    """
+    `name` (a model name or image id) as a file-name fragment: runs of anything but letters, digits and `_.-` become
+    one `_`, without `_` at either end (`/data/models/vlm` -> `data_models_vlm`).
+    """
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_")
 
 

@@ -73,7 +73,7 @@ def saliency_map(
 
 
 def overlay_heatmap(image: PIL.Image.Image, heatmap: torch.Tensor, size: int) -> PIL.Image.Image:
-    """`image` resized to `size` x `size` with `heatmap` (a 2-D tensor) blended on top in red."""
+    """`image` resized to `size` x `size` with `heatmap` `(grid, grid)` (any scale) blended on top in red."""
     heat = (heatmap / heatmap.max().clamp_min(1e-12) * 255).byte().numpy()
     heat = PIL.Image.fromarray(heat, mode="L").resize((size, size), PIL.Image.Resampling.BILINEAR)
     red = PIL.Image.merge("RGB", (heat, PIL.Image.new("L", heat.size), PIL.Image.new("L", heat.size)))

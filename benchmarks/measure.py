@@ -16,6 +16,8 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
+from training.telemetry import hardware_description
+
 
 # Operators left out of the FLOP count on every device: FlopCounterMode has formulas for the CUDA SDPA kernels but not
 # for the CPU one, so attention scores and weighted values are excluded everywhere to keep devices comparable.
@@ -69,7 +71,7 @@ class PeakMemory:
         while not self._stop.wait(0.001):
             self.peak = max(self.peak, rss_bytes())
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
@@ -118,16 +120,10 @@ def release_memory() -> None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Hardware and software of the run."""
-    if device.type == "cuda":
-        hardware = torch.cuda.get_device_name(device)
-    else:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            model_names = [line.split(":", 1)[1].strip() for line in file if line.startswith("model name")]
-        hardware = f"{model_names[0] if model_names else platform.processor()}, {os.cpu_count()} cores"
     return {
         "date": date.today().isoformat(),
         "device": device.type,
-        "hardware": hardware,
+        "hardware": hardware_description(device),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

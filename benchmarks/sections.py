@@ -3,6 +3,9 @@
 The benchmark sections: the `align` training step (`training.training_step`, the step `train()` runs), vision-tower
 features and their share of an epoch, batched generation, seed 000's experiment end to end, the COCO-Karpathy epoch
 extrapolated from the step rate, and the labelled-positions loss lever.
+
+Accelerate holds one mixed precision per process: every section that trains runs in the recipe's (`training_precision`:
+bf16 on CUDA, none on CPU), seed 000's experiment included.
 """
 
 import os
@@ -13,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from PIL import Image
 from transformers import get_scheduler
 
 from benchmarks.measure import PeakMemory, autocast, counted_flops, release_memory, time_calls
@@ -43,13 +47,13 @@ def benchmark_training(settings: BenchmarkSettings, device: torch.device) -> lis
     accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=training_precision(device))
     rows = []
     for projector_type in settings.projectors:
-        rows += training_rows(accelerator, projector_type, settings, device)
+        rows += time_training_steps(accelerator, projector_type, settings, device)
         accelerator.free_memory()  # the prepared model and optimizer of this projector
         release_memory()
     return rows
 
 
-def training_rows(
+def time_training_steps(
     accelerator: Accelerator, projector_type: str, settings: BenchmarkSettings, device: torch.device
 ) -> list[dict[str, Any]]:
     """The training-step measurements of one projector, one row per batch size."""
@@ -110,18 +114,27 @@ def benchmark_vision(settings: BenchmarkSettings, device: torch.device) -> list[
     return rows
 
 
+def largest_batch_rates(training: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training row of each projector's largest batch size, in projector order."""
+    largest: dict[str, dict[str, Any]] = {}
+    for row in training:
+        if row["projector"] not in largest or row["batch_size"] > largest[row["projector"]]["batch_size"]:
+            largest[row["projector"]] = row
+    return list(largest.values())
+
+
 def vision_epoch_share(
-    vision_rows: list[dict[str, Any]], training_rows: list[dict[str, Any]], num_epochs: int = 10
+    vision: list[dict[str, Any]], training: list[dict[str, Any]], num_epochs: int = 10
 ) -> list[dict[str, Any]]:
     """
     Share of training time spent on the vision tower with the feature cache on, derived from the measured rates at
     the largest batch size: the tower runs once per dataset, so it is its share of the first epoch, and of a
     `num_epochs`-epoch run; every later epoch reads the cache (share 0).
     """
-    images_per_s = max(vision_rows, key=lambda row: row["batch_size"])["images_per_s"]
+    images_per_s = max(vision, key=lambda row: row["batch_size"])["images_per_s"]
     rows = []
-    for projector_type in dict.fromkeys(row["projector"] for row in training_rows):
-        rate = max((r for r in training_rows if r["projector"] == projector_type), key=lambda r: r["batch_size"])
+    for rate in largest_batch_rates(training):
+        projector_type = rate["projector"]
         vision_s, epoch_s = 1 / images_per_s, 1 / rate["samples_per_s"]  # seconds per image / per sample
         rows.append(
             {
@@ -157,7 +170,9 @@ def benchmark_generation(settings: BenchmarkSettings, device: torch.device) -> l
     return rows
 
 
-def generation_seconds(projector_type: str, images: list, settings: BenchmarkSettings, device: torch.device) -> float:
+def generation_seconds(
+    projector_type: str, images: list[Image.Image], settings: BenchmarkSettings, device: torch.device
+) -> float:
     """Seconds to caption `images` with a `projector_type` model, after a short untimed warm-up."""
     model, processor = build_benchmark_model(projector_type, settings.small)
     model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -222,14 +237,13 @@ def benchmark_seed_experiment(settings: BenchmarkSettings, device: torch.device)
     }
 
 
-def karpathy_epoch_extrapolation(training_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def karpathy_epoch_extrapolation(training: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Hours of one COCO-Karpathy epoch (566,747 pairs) per projector at its measured rate of the largest batch size."""
     rows = []
-    for projector_type in dict.fromkeys(row["projector"] for row in training_rows):
-        rate = max((r for r in training_rows if r["projector"] == projector_type), key=lambda r: r["batch_size"])
+    for rate in largest_batch_rates(training):
         rows.append(
             {
-                "projector": projector_type,
+                "projector": rate["projector"],
                 "batch_size": rate["batch_size"],
                 "samples_per_s": rate["samples_per_s"],
                 "extrapolated_epoch_s": KARPATHY_TRAIN_PAIRS / rate["samples_per_s"],
@@ -239,7 +253,10 @@ def karpathy_epoch_extrapolation(training_rows: list[dict[str, Any]]) -> list[di
 
 
 def full_vocabulary_loss(model: VLMForConditionalGeneration, batch: dict[str, Any]) -> torch.Tensor:
-    """The baseline the lever replaces: logits of every position over the whole vocabulary, then the shifted loss."""
+    """
+    The baseline the lever replaces: logits `(batch, seq, vocab)` of every position, then the shifted cross-entropy
+    over the labelled positions; a scalar, as `model(**batch).loss`.
+    """
     inputs = {name: value for name, value in batch.items() if name != "labels"}
     logits = model(**inputs, logits_to_keep=0).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)

@@ -65,7 +65,7 @@ def benchmark_settings(
 
 
 def build_benchmark_model(
-    projector_type: str, small: bool, **config_overrides
+    projector_type: str, small: bool, **config_overrides: Any
 ) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
     """
     The tiny VLM of `tiny_vlm.py` with `small`, else a real-size one from [`VLMConfig`] defaults (SigLIP-base +

@@ -15,10 +15,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REMOTE_CODE = ("configuration_vlm", "modeling_vlm", "processing_vlm")
-LIBRARIES = (
-    "caption_data", "caption_metrics", "captioning", "markdown_tables", "shapes_data", "tiny_vlm", "visualize",
-)  # fmt: skip
 COMMAND_LINES = ("eval", "train_accelerate")
+# Every other top-level module is a library.
+LIBRARIES = tuple(
+    sorted(path.stem for path in REPO_ROOT.glob("*.py") if path.stem not in {*REMOTE_CODE, *COMMAND_LINES})
+)
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
     "arguments", "feature_cache", "data", "model_setup", "checkpointing", "telemetry", "evaluation", "results",
@@ -32,9 +33,19 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            found.add("." + (node.module or "").split(".")[0] if node.level else node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add("." + node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):  # from . import a, b
+            found |= {f".{alias.name}" for alias in node.names}
     return found
+
+
+def test_every_module_has_its_place_in_the_layering():
+    assert set(LIBRARIES) >= {"caption_data", "caption_metrics", "captioning", "markdown_tables", "tiny_vlm"}
+    modules = {path.stem for path in (REPO_ROOT / "training").glob("*.py")} - {"__init__"}
+    assert modules == set(TRAINING_ORDER), "add the new training module to TRAINING_ORDER"
 
 
 @pytest.mark.parametrize("module", REMOTE_CODE)

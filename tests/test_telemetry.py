@@ -1,5 +1,7 @@
 """`training.telemetry`: the window of steps since the last log, reduced into named totals and tracker values."""
 
+import time
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -7,7 +9,7 @@ from accelerate import Accelerator
 from training.telemetry import StepWindow, training_logs
 
 
-def test_window_totals_are_named_and_the_window_starts_over():
+def test_window_totals_are_named_and_the_window_starts_over(monkeypatch):
     accelerator = Accelerator(cpu=True)
     window = StepWindow(accelerator.device)
     batch = {"input_ids": torch.ones(4, 6, dtype=torch.long), "attention_mask": torch.ones(4, 6, dtype=torch.long)}
@@ -15,14 +17,19 @@ def test_window_totals_are_named_and_the_window_starts_over():
     window.add_batch(torch.tensor(2.0), batch)
     window.add_batch(torch.tensor(1.0), batch)
     window.add_skipped_images(3)
-    for _ in window.timed([batch]):
-        with window.computing():
-            pass
+    # A clock read before the batch is fetched (0), after (0.5), around the step (1 to 3), and at the loader's end.
+    clock = iter([0.0, 0.5, 1.0, 3.0, 10.0])
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "perf_counter", lambda: next(clock))
+        for _ in window.timed([batch]):
+            with window.computing():
+                pass
     totals = window.flush(accelerator)
     assert (totals.loss_sum, totals.micro_batches, totals.samples, totals.tokens, totals.skipped_images) == (
         3.0, 2, 8, 32, 3
     )  # fmt: skip
-    assert totals.mean_loss == 1.5 and 0 <= totals.data_wait_s <= totals.time_s
+    # Waiting for data: 0.5 s; in all: the wait and the 2 s step, without the time after the loader's end.
+    assert (totals.mean_loss, totals.data_wait_s, totals.time_s) == (1.5, 0.5, 2.5)
     empty = window.flush(accelerator)
     assert (empty.micro_batches, empty.samples, empty.time_s) == (0, 0, 0.0)
 

@@ -20,8 +20,8 @@ from tiny_runs import caption_inputs, saved_weights, tiny_args
 from tiny_vlm import build_tiny_vlm
 from training import train, training_step
 from training.checkpointing import latest_checkpoint
-from training.data import CaptionCollator
-from training.loop import make_accelerator
+from training.data import CaptionCollator, build_eval_set
+from training.loop import make_accelerator, replay_if_unreadable
 from training.model_setup import TrainingSchedule, build_optimizer, configure_trainable_parameters
 
 
@@ -82,6 +82,12 @@ def test_model_card_of_a_run_has_valid_metadata_and_its_metrics(learned_run):
     assert "trust_remote_code=True" in card.text and "stage: finetune" in card.text
 
 
+def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
 def test_resume_mid_epoch_gives_the_uninterrupted_result_and_align_keeps_towers_frozen(tmp_path):
     # 72 images in micro-batches of 8 with 2 accumulation steps: 9 micro-batches, so 5 optimizer steps, per epoch.
     args = tiny_args(
@@ -101,11 +107,16 @@ def test_resume_mid_epoch_gives_the_uninterrupted_result_and_align_keeps_towers_
     (resumed_dir / "checkpoint-7").mkdir()
     assert latest_checkpoint(resumed_dir) == str(resumed_dir / "checkpoint-3")
     train(replace(args, output_dir=str(resumed_dir), resume_from_checkpoint="latest"))
+    expected = saved_weights(tmp_path / "straight")
+    assert_same_weights(saved_weights(resumed_dir), expected)
 
-    expected, actual = saved_weights(tmp_path / "straight"), saved_weights(resumed_dir)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    # Resumed in the second epoch: the rest of epoch 1 comes in epoch 1's order with epoch 1's references.
+    state = json.loads((tmp_path / "straight" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 2)
+    second_epoch_dir = tmp_path / "resumed-in-epoch-1"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-6", second_epoch_dir / "checkpoint-6")
+    train(replace(args, output_dir=str(second_epoch_dir), resume_from_checkpoint="latest"))
+    assert_same_weights(saved_weights(second_epoch_dir), expected)
 
     initial = build_tiny_vlm("mlp", seed=0)[0].state_dict()
     for name, tensor in expected.items():
@@ -277,3 +288,45 @@ def test_training_order_depends_on_the_seed_and_the_epoch_only(tmp_path):
     assert order(1, 0) != order(0, 1) and order(1, 1) != order(0, 2)
     generator = torch.Generator().manual_seed(2 * 1_000_003 + 3)
     assert order(2, 3) == torch.randperm(32, generator=generator).tolist()
+
+
+def test_a_batch_of_unreadable_images_replays_the_previous_one_with_zero_weight():
+    kept = {"input_ids": torch.ones(1, 2)}
+    assert replay_if_unreadable(kept, None) == (kept, 1.0, kept)
+    assert replay_if_unreadable({}, kept) == (kept, 0.0, kept)
+    assert replay_if_unreadable({}, None) == (None, 0.0, None)  # nothing to replay yet
+
+
+def test_training_step_without_a_batch_still_steps_the_schedule():
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, scheduler = prepared_align_run(accelerator, build_tiny_vlm("mlp", seed=0)[0])
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, grad_norm = training_step(model, None, accelerator, optimizer, scheduler, 1.0)
+    assert loss is None and grad_norm == 0 and scheduler.scheduler.last_epoch == 1
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_the_training_loader_is_prepared_with_the_model(tmp_path, monkeypatch):
+    """DeepSpeed sizes its micro-batches from a loader passed to the same `prepare` call as the model."""
+    prepared_together = []
+    prepare = Accelerator.prepare
+
+    def recording_prepare(self, *objects, **kwargs):
+        prepared_together.append({type(item).__name__ for item in objects})
+        return prepare(self, *objects, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "prepare", recording_prepare)
+    train(tiny_args(tmp_path, max_train_samples=8, max_steps=1))
+    assert {"VLMForConditionalGeneration", "AdamW", "DataLoader", "LambdaLR"} in prepared_together
+
+
+def test_captioning_the_evaluation_set_leaves_the_global_generator_alone():
+    """Dropout (LoRA, projector) draws from the global generator: evaluating must not move it."""
+    accelerator = Accelerator(cpu=True)
+    processor = build_tiny_vlm("mlp", seed=0)[1]
+    eval_set = build_eval_set(
+        accelerator, make_shapes_dataset(3, split="validation"), None, CaptionCollator(processor), 0, 2, 0
+    )
+    before = torch.random.get_rng_state()
+    assert [len(batch["image"]) for batch in eval_set.caption_loader] == [2, 1]
+    assert torch.equal(torch.random.get_rng_state(), before)

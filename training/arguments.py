@@ -117,7 +117,7 @@ class VLMTrainingArguments:
     push_to_hub: str | None = field(default=None, metadata={"help": "Repository id to upload the output dir to."})
     hub_private_repo: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         sources = [
             self.model is not None,
             bool(self.vision_model or self.text_model),

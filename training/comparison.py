@@ -43,7 +43,12 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
 
 
 def _row(
-    name: str, result: TrainingResults, best_cider: float | None, metrics: dict, time_s: float, throughput: str
+    name: str,
+    result: TrainingResults,
+    best_cider: float | None,
+    metrics: dict[str, float],
+    time_s: float,
+    throughput: str,
 ) -> list[str]:
     return [
         name, result.projector_type, str(result.num_image_tokens), f"{result.trainable_parameters:,}",

@@ -80,10 +80,12 @@ class CaptionExamples(torch.utils.data.Dataset):
 @dataclass
 class CaptionCollator:
     """
-    Batches [`CaptionExamples`] items into model inputs: the chat-formatted prompt and caption (left padded), labels on
-    the caption and its end-of-turn only, `position_ids` that skip the padding (as `generate` computes them), and
-    `pixel_values` or `vision_features`. Examples whose image is unreadable are dropped and counted in
-    `num_skipped_images`; a batch where every image is unreadable has no `input_ids`.
+    Batches [`CaptionExamples`] items into model inputs: the chat-formatted prompt and caption, left padded, as
+    `input_ids` and `attention_mask` `(batch_size, sequence_length)`; `labels` of the same shape on the caption and its
+    end-of-turn only (-100 elsewhere); `position_ids` that skip the padding (as `generate` computes them); and
+    `pixel_values` `(batch_size, 3, image_size, image_size)` or `vision_features` `(batch_size, num_patches,
+    vision_dim)`. Examples whose image is unreadable are dropped and counted in `num_skipped_images`; a batch where
+    every image is unreadable has no `input_ids`.
     """
 
     processor: VLMProcessor
@@ -127,8 +129,11 @@ class EvalSet:
 
 @dataclass
 class RunData:
-    """The data of a run: the training examples and their prepared loader, the evaluation set, and the cached vision
-    features of both splits (`None` where the tower's features are not cached)."""
+    """
+    The data of a run: the training examples and their loader (prepared by `train()` together with the model, as
+    DeepSpeed needs), the prepared evaluation set, and the cached vision features of both splits (`None` where the
+    tower's features are not cached).
+    """
 
     train_examples: CaptionExamples
     train_loader: DataLoader
@@ -154,8 +159,8 @@ def prepare_data(
     args: VLMTrainingArguments, accelerator: Accelerator, vlm: VLMForConditionalGeneration, processor: VLMProcessor
 ) -> RunData:
     """
-    Loads both splits, caches the vision features when the tower is frozen, and builds the prepared training loader
-    (shuffled per epoch from `args.seed`; `accelerator` must use the seedable sampler) and evaluation set.
+    Loads both splits, caches the vision features when the tower is frozen, and builds the training loader (shuffled
+    once prepared by an accelerator with the seedable sampler) and the prepared evaluation set.
     """
     with accelerator.main_process_first():
         train_data = load_split(args, args.train_split, args.max_train_samples)
@@ -189,7 +194,7 @@ def prepare_data(
     )
     if not eval_set.references:
         raise ValueError(f"No image of the {args.eval_split!r} split of {args.dataset!r} could be read.")
-    return RunData(train_examples, accelerator.prepare_data_loader(train_loader), eval_set, features)
+    return RunData(train_examples, train_loader, eval_set, features)
 
 
 def build_eval_set(
@@ -214,8 +219,13 @@ def build_eval_set(
         collate_fn=collator,
         num_workers=num_workers,
     )
+    # Its own generator: iterating a loader draws a seed, which must not come from the training's global generator.
     caption_loader = DataLoader(
-        eval_data.select(rows), batch_size=batch_size, collate_fn=collate_images, num_workers=num_workers
+        eval_data.select(rows),
+        batch_size=batch_size,
+        collate_fn=collate_images,
+        num_workers=num_workers,
+        generator=torch.Generator(),
     )
     return EvalSet(
         loss_loader=accelerator.prepare_data_loader(loss_loader),

@@ -47,11 +47,20 @@ def evaluate(
 
 
 def validation_loss(accelerator: Accelerator, model: nn.Module, loader: DataLoader) -> float:
-    """Cross-entropy per labelled token over the batches of `loader` on every process, duplicates left out."""
+    """
+    Cross-entropy per labelled token over the [`~training.data.CaptionCollator`] batches of `loader` (`labels`
+    `(batch_size, sequence_length)`) on every process, the duplicates that even out the last batches left out.
+    """
     totals = torch.zeros(2, device=accelerator.device)
     with torch.no_grad():
         for batch in loader:
-            batch.pop("num_skipped_images")
+            if batch.pop("num_skipped_images"):
+                # The rows were checked before training; a batch that lost rows would no longer line up with the
+                # other processes' batches in `real_examples`.
+                raise RuntimeError(
+                    "An evaluation image that opened when the run started no longer opens: the dataset changed on disk "
+                    "during training. Restore it, or restart the run so that the unreadable image is left out."
+                )
             labels = batch["labels"]
             labels[~real_examples(accelerator, labels.shape[0])] = IGNORE_INDEX
             # num_items_in_batch=1 turns the mean into a sum over the labelled tokens.

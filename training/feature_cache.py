@@ -25,8 +25,8 @@ from processing_vlm import VLMProcessor
 @dataclass
 class VisionFeatures:
     """
-    Vision-tower features of the rows of a dataset: `features[row_index[row]]` is the `(num_patches, dim)` output of
-    row `row`; `row_index` is -1 where the image is unreadable.
+    Vision-tower features of the rows of a dataset: `features` `(num_readable, num_patches, dim)`, and `row_index`
+    `(num_rows,)` such that `features[row_index[row]]` is the output of row `row` (-1 where the image is unreadable).
     """
 
     features: torch.Tensor

@@ -9,7 +9,7 @@ with CIDEr/METEOR after every epoch, the best model by CIDEr, a model card and t
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from accelerate import Accelerator
@@ -23,8 +23,9 @@ from processing_vlm import VLMProcessor
 
 from .arguments import VLMTrainingArguments
 from .checkpointing import TrainerState, resume, save_best_model, save_checkpoint, save_final_model
-from .data import RunData, prepare_data
+from .data import EvalSet, RunData, prepare_data
 from .evaluation import evaluate
+from .feature_cache import VisionFeatures
 from .model_card import push_output_dir, write_model_card
 from .model_setup import (
     TrainingSchedule,
@@ -56,8 +57,13 @@ def training_step(
     accumulation cycle gradient clipping; the prepared optimizer and scheduler step only then. `loss_weight` 0 replays
     a batch without learning from it; `batch=None` runs no forward at all.
 
+    Args:
+        batch (`dict[str, torch.Tensor]`, *optional*): a [`~training.data.CaptionCollator`] batch: `input_ids`,
+            `attention_mask`, `labels` and `position_ids` of shape `(batch_size, sequence_length)`, and `pixel_values`
+            `(batch_size, 3, image_size, image_size)` or `vision_features` `(batch_size, num_patches, vision_dim)`.
+
     Returns:
-        The detached loss (`None` without a batch) and the gradient norm before clipping (`None` mid-cycle).
+        The detached loss `()` (`None` without a batch) and the gradient norm `()` before clipping (`None` mid-cycle).
     """
     loss = grad_norm = None
     with accelerator.accumulate(model):
@@ -99,13 +105,17 @@ def train(
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer = build_optimizer(model, args.learning_rate, component_lrs, args.weight_decay, betas, args.adam_epsilon)
     scheduler = build_scheduler(optimizer, args.lr_scheduler_type, schedule, accelerator.num_processes)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
+    data = replace(data, train_loader=train_loader)
 
     checkpoint, state = resume(accelerator, args.resume_from_checkpoint, args.output_dir)
     run_name = args.run_name or os.path.basename(os.path.abspath(args.output_dir))
     accelerator.init_trackers(run_name, config={k: v for k, v in asdict(args).items() if v is not None})
     samples_per_step = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    accelerator.print(run_summary(vlm, args.stage, data, schedule, parameter_counts, samples_per_step))
+    accelerator.print(
+        run_summary(vlm.config.projector_type, args.stage, data, schedule, parameter_counts, samples_per_step)
+    )
     evaluate_first = args.eval_before_training and args.eval_strategy != "no" and checkpoint is None
     captions = run_epochs(
         args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, evaluate_first
@@ -114,9 +124,9 @@ def train(
     save_final_model(accelerator, model, processor, args.output_dir, merge_adapter=args.stage == "lora")
     sample_captions = list(captions.items())[: args.num_sample_captions]
     results = collect_results(
-        accelerator, vlm, args.output_dir, args.stage, data, state, parameter_counts, sample_captions
-    )
-    results.wall_time_s = time.perf_counter() - wall_start
+        accelerator, vlm, args.output_dir, args.stage, data, state, parameter_counts, sample_captions,
+        wall_time_s=time.perf_counter() - wall_start,
+    )  # fmt: skip
     accelerator.print(results_summary(results))
     if accelerator.is_main_process:
         results.save(args.output_dir)
@@ -138,7 +148,7 @@ def make_accelerator(args: VLMTrainingArguments) -> Accelerator:
     data_seed = args.seed * DATA_SEED_SPREAD
     accelerator = Accelerator(
         cpu=args.use_cpu,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=data_seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=data_seed, even_batches=True),
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.trackers,
@@ -178,7 +188,7 @@ def run_epochs(
     window = report.window
     captions: dict[str, str] = {}
     if evaluate_first:
-        evaluate_and_record(accelerator, model, processor, data, state, args, epoch=0, save_best=False)
+        evaluate_and_record(accelerator, model, processor, data.eval_set, state, args, epoch=0, save_best=False)
     grad_norm = previous = None
     model.train()
     while state.epoch < schedule.num_epochs and state.global_step < schedule.total_steps:
@@ -199,14 +209,14 @@ def run_epochs(
         if state.step_in_epoch < len(data.train_loader):
             break
         if args.eval_strategy == "epoch":
-            captions = evaluate_and_record(accelerator, model, processor, data, state, args, state.epoch + 1)
+            captions = evaluate_and_record(accelerator, model, processor, data.eval_set, state, args, state.epoch + 1)
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
     report.record(state, grad_norm)
     bar.close()
     # Stopped mid-epoch by max_steps: the final model still gets its evaluation.
     if args.eval_strategy == "epoch" and (not state.history or state.history[-1]["step"] != state.global_step):
         epoch = state.epoch + state.step_in_epoch / schedule.batches_per_epoch
-        captions = evaluate_and_record(accelerator, model, processor, data, state, args, epoch)
+        captions = evaluate_and_record(accelerator, model, processor, data.eval_set, state, args, epoch)
     return captions
 
 
@@ -215,9 +225,12 @@ def epoch_batches(accelerator: Accelerator, data: RunData, state: TrainerState) 
     data.train_examples.set_epoch(state.epoch)
     # The prepared loader hands its own epoch counter to the seedable sampler at every pass: set it, not the sampler's.
     data.train_loader.set_epoch(state.epoch)
-    if state.step_in_epoch:
-        return accelerator.skip_first_batches(data.train_loader, state.step_in_epoch)
-    return data.train_loader
+    if not state.step_in_epoch:
+        return data.train_loader
+    # The loader that skips the batches already trained on has an epoch counter of its own (0 in older accelerate).
+    loader = accelerator.skip_first_batches(data.train_loader, state.step_in_epoch)
+    loader.set_epoch(state.epoch)
+    return loader
 
 
 def replay_if_unreadable(
@@ -226,6 +239,8 @@ def replay_if_unreadable(
     """
     `(batch to train on, loss weight, batch to replay next time)`. When every image of `batch` was unreadable, the
     previous batch is replayed with weight 0, so that every process still runs the same forward and backward passes.
+    Before the first readable batch there is nothing to replay (`None`): no forward runs, which one process survives
+    but several would not (the others' backward waits for this one).
     """
     if "input_ids" in batch:
         return batch, 1.0, batch
@@ -278,7 +293,7 @@ def evaluate_and_record(
     accelerator: Accelerator,
     model: nn.Module,
     processor: VLMProcessor,
-    data: RunData,
+    eval_set: EvalSet,
     state: TrainerState,
     args: VLMTrainingArguments,
     epoch: float,
@@ -289,17 +304,20 @@ def evaluate_and_record(
     model in `output_dir/best` when it improves on `args.metric_for_best_model`. Returns the captions (main process).
     """
     metrics, captions = evaluate(
-        accelerator, model, processor, data.eval_set, args.predict_with_generate, args.max_new_tokens, args.prompt
+        accelerator, model, processor, eval_set, args.predict_with_generate, args.max_new_tokens, args.prompt
     )
     record = {"epoch": epoch, "step": state.global_step, **metrics}
     state.history.append(record)
     accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
     accelerator.print(f"eval after epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if save_best:
-        save_best_model(
-            accelerator, model, processor, state, record, args.metric_for_best_model, args.output_dir
-        )
+        save_best_model(accelerator, model, processor, state, record, args.metric_for_best_model, args.output_dir)
     return captions
+
+
+def feature_cache_status(features: dict[str, VisionFeatures | None]) -> dict[str, str | None]:
+    """Per split, where its vision features came from: `"hit"` (the cache), `"computed"`, or `None` (not cached)."""
+    return {name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in features.items()}
 
 
 def collect_results(
@@ -311,8 +329,9 @@ def collect_results(
     state: TrainerState,
     parameter_counts: tuple[int, int],
     sample_captions: list[tuple[str, str]],
+    wall_time_s: float,
 ) -> TrainingResults:
-    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples; the caller times the run."""
+    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples."""
     references = data.eval_set.references
     final_metrics = state.history[-1] if state.history else {}
     return TrainingResults(
@@ -326,18 +345,16 @@ def collect_results(
         num_eval_images=len(references),
         skipped_train_images=state.skipped_train_images,
         skipped_eval_images=data.eval_set.num_skipped_images,
-        feature_cache={
-            name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in data.features.items()
-        },
+        feature_cache=feature_cache_status(data.features),
         global_step=state.global_step,
         final_metrics={k: v for k, v in final_metrics.items() if k not in ("epoch", "step")},
         best_metric=state.best_metric,
         best_step=state.best_step,
         history=state.history,
         train_time_s=state.train_time_s,
-        wall_time_s=0.0,
+        wall_time_s=wall_time_s,
         samples_per_second=state.samples_seen / max(state.train_time_s, 1e-9),
-        hardware=hardware_description(accelerator),
+        hardware=hardware_description(accelerator.device, accelerator.num_processes),
         num_processes=accelerator.num_processes,
         mixed_precision=str(accelerator.mixed_precision),
         sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
@@ -345,7 +362,7 @@ def collect_results(
 
 
 def run_summary(
-    vlm: VLMForConditionalGeneration,
+    projector_type: str,
     stage: str,
     data: RunData,
     schedule: TrainingSchedule,
@@ -353,18 +370,15 @@ def run_summary(
     samples_per_step: int,
 ) -> str:
     """The line a run prints before it starts: model, data, steps and where the vision features come from."""
-    features = data.features
-    if all(f is None for f in features.values()):
-        cache = "not cached (vision tower trains or cache off)"
-    else:
-        cache = ", ".join(
-            f"{name} {'cache hit' if f.cache_hit else 'computed and cached'}" for name, f in features.items()
-        )
+    status = feature_cache_status(data.features)
+    words = {"hit": "cache hit", "computed": "computed and cached"}
+    cache = ", ".join(f"{name} {words[how]}" for name, how in status.items() if how is not None)
     return (
-        f"{vlm.config.projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / "
-        f"{parameter_counts[1]:,} parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval "
-        f"images; {schedule.total_steps} steps of {samples_per_step} samples; vision features: {cache}; unreadable "
-        f"eval images skipped: {data.eval_set.num_skipped_images}."
+        f"{projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
+        f"parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval images; "
+        f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
+        f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
+        f"{data.eval_set.num_skipped_images}."
     )
 
 

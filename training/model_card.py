@@ -24,10 +24,9 @@ CARD_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
 """The caption metrics a model card reports, in its model-index and its table."""
 
 
-def base_model_ids(args: VLMTrainingArguments) -> list[str]:
-    """Hub ids of the pretrained weights the run started from (local directories and tiny models have none)."""
-    names = [args.vision_model, args.text_model, args.model_name_or_path]
-    return [name for name in names if name is not None and not os.path.exists(name)]
+def base_model_ids(*sources: str | None) -> list[str]:
+    """The Hub ids among the model `sources` a run started from (local directories and unset sources are none)."""
+    return [name for name in sources if name is not None and not os.path.exists(name)]
 
 
 def dataset_ids(dataset: str) -> list[str]:
@@ -83,9 +82,10 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
     datasets = dataset_ids(args.dataset)
     dataset_name = datasets[0] if datasets else args.dataset
     eval_results = card_eval_results(final, dataset_name, args.eval_split)
+    base_models = base_model_ids(args.vision_model, args.text_model, args.model_name_or_path)
     card_data = ModelCardData(
         model_name=model_name,
-        base_model=base_model_ids(args) or None,
+        base_model=base_models or None,
         datasets=datasets or None,
         pipeline_tag="image-text-to-text",
         library_name="transformers",
@@ -93,7 +93,7 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
         tags=["vision-language", "image-captioning", f"projector-{results.projector_type}", f"stage-{args.stage}"],
         eval_results=eval_results or None,
     )
-    towers = " + ".join(base_model_ids(args)) or (
+    towers = " + ".join(base_models) or (
         "tiny random towers (offline)" if args.model == "tiny" else args.model_name_or_path
     )
     values = {

@@ -51,7 +51,7 @@ class StepWindow:
         self.counters[self.COUNTERS.index(name)] += value
 
     def add_batch(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Counts a trained micro-batch: its loss, samples and (unpadded) tokens."""
+        """Counts a trained micro-batch: its loss `()`, samples and the unpadded tokens of its `attention_mask`."""
         self._add("loss_sum", loss.detach())
         self._add("micro_batches", 1)
         self._add("samples", batch["input_ids"].shape[0])
@@ -133,7 +133,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def hardware_description(accelerator: Accelerator) -> str:
-    if accelerator.device.type == "cuda":
-        return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+def hardware_description(device: torch.device, num_processes: int = 1) -> str:
+    """`"2 x NVIDIA H100 80GB HBM3"` on CUDA, `"CPU (AMD EPYC, 2 cores)"` elsewhere."""
+    if device.type == "cuda":
+        return f"{num_processes} x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({cpu_model_name()}, {os.cpu_count()} cores)"
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from `/proc/cpuinfo` (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            names = [line.split(":", 1)[1].strip() for line in file if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
