@@ -19,7 +19,7 @@ java:  # pycocoevalcap's PTB tokenizer and METEOR run Java
 	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 
 demo: setup java
-	$(VENV)/bin/python train_accelerate.py --config configs/tiny_shapes.yaml --compare all
+	$(VENV)/bin/python train_accelerate.py --config configs/tiny_shapes.yaml --compare all --overwrite_output_dir
 
 test: setup java
 	$(VENV)/bin/python -m pytest
@@ -36,6 +36,6 @@ $(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml
 
 # Then across versions: a model saved by 5.x loaded by 4.57 in a fresh process, and the other way round.
 test-transformers4: $(VENV_TRANSFORMERS4)/.installed setup
-	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_auto_loading.py
+	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_TRANSFORMERS4)/bin/python $(VENV)/bin/python -m pytest tests/test_auto_loading.py
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py

@@ -7,7 +7,8 @@ Every loader returns one `datasets.Dataset` for one split, with the columns of [
 - `image_id` (`str`): a stable identifier of the image, e.g. `"shapes-train-00000"` or a COCO id such as `"391895"`.
 - `image` (`datasets.Image()`): decoded lazily to a `PIL.Image.Image` on access. Synthetic images are stored as PNG
   bytes, COCO images as absolute file paths.
-- `captions` (`list[str]`): one or several reference captions of the image.
+- `captions` (`list[str]`): one or several reference captions of the image. The loaders drop `null` and blank
+  references and refuse a dataset with rows left without any (a [`CaptionDataError`] naming those rows).
 
 Decoding errors of the `image` column surface inside 🤗 Datasets when a row is accessed. A training loop that must
 skip unreadable images reads the raw column instead and decodes it with [`open_image`]:
@@ -44,6 +45,14 @@ KARPATHY_SOURCE = "yerevann/coco-karpathy"
 
 SHAPES_SPLIT_SIZES = {"train": 1000, "validation": 200, "test": 200}
 """Default number of images of each split of the synthetic shapes dataset in [`load_captions`]."""
+
+COCO_IMAGE_FOLDERS = ("train2014", "val2014")
+"""The folders of the COCO 2014 images under an image root, named by the `filepath` column of the Karpathy splits."""
+COCO_LAYOUT = "<image_root>/train2014/COCO_train2014_*.jpg and <image_root>/val2014/COCO_val2014_*.jpg"
+
+
+class CaptionDataError(ValueError):
+    """A dataset argument or the data itself cannot give captioning examples; the message says what to change."""
 
 
 def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> Dataset:
@@ -100,6 +109,55 @@ def _to_common_schema(dataset: Dataset) -> Dataset:
     return dataset if dataset.features == CAPTION_FEATURES else dataset.cast(CAPTION_FEATURES)
 
 
+def _checked_image_root(image_root: str) -> str:
+    """`image_root` as an absolute path, once it is known to hold at least one of `COCO_IMAGE_FOLDERS`."""
+    absolute = os.path.abspath(os.path.expanduser(image_root))
+    if not os.path.isdir(absolute):
+        problem = "is not a directory" if os.path.exists(absolute) else "does not exist"
+        raise CaptionDataError(
+            f"The COCO image root {image_root} {problem}; pass the directory laid out as {COCO_LAYOUT}."
+        )
+    if not any(os.path.isdir(os.path.join(absolute, folder)) for folder in COCO_IMAGE_FOLDERS):
+        hint = (
+            f" It looks like an image folder itself: pass its parent, {os.path.dirname(absolute)}."
+            if os.path.basename(absolute) in COCO_IMAGE_FOLDERS
+            else ""
+        )
+        raise CaptionDataError(
+            f"The COCO image root {image_root} has neither train2014/ nor val2014/; expected {COCO_LAYOUT}.{hint}"
+        )
+    return absolute
+
+
+def _clean_references(value: object, column: str) -> list[str]:
+    """The references of one caption cell (a string, a list of strings, or `None`) without `None` and blank ones."""
+    references = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(references, (list, tuple)) or not all(r is None or isinstance(r, str) for r in references):
+        raise CaptionDataError(
+            f"Column {column!r} must hold a caption or a list of captions per row, not {value!r:.80}; "
+            "choose the caption column with `caption_column`."
+        )
+    return [reference for reference in references if reference is not None and reference.strip()]
+
+
+def _require_references(dataset: Dataset, name: str, column: str, preview: int = 5) -> Dataset:
+    """`dataset` (`CAPTION_FEATURES`) if every row has a reference; else a `CaptionDataError` naming the rows."""
+    empty = [row for row, references in enumerate(dataset["captions"]) if not references]
+    if not empty:
+        return dataset
+    shown = dataset.select(empty[:preview]).cast_column("image", Image(decode=False))
+    rows = ", ".join(
+        f"row {row} (id {image_id!r}" + (f", {os.path.basename(value['path'])})" if value["path"] else ")")
+        for row, image_id, value in zip(empty, shown["image_id"], shown["image"])
+    )
+    more = f" and {len(empty) - preview} more" if len(empty) > preview else ""
+    raise CaptionDataError(
+        f"Dataset {name} has {len(empty)} of {len(dataset)} rows without any reference caption in column {column!r} "
+        f"(null, empty, or only null or blank entries): {rows}{more}. Give each of them a caption in the metadata, or "
+        "remove those rows from it."
+    )
+
+
 def load_coco_karpathy(
     image_root: str,
     split: str,
@@ -133,32 +191,32 @@ def load_coco_karpathy(
         and `image` holds absolute file paths, decoded lazily.
 
     Raises:
-        `ValueError`: if `image_root` lacks an image folder the selected rows need.
+        `CaptionDataError`: if `image_root` does not exist or lacks an image folder the selected rows need (checked
+        before the split file is downloaded where possible), or if a row has no reference caption.
     """
+    image_root = _checked_image_root(image_root)
     if os.path.isfile(karpathy_source):
         karpathy = load_dataset("parquet", data_files={split: karpathy_source}, split=split, **load_kwargs)
     else:
         karpathy = load_dataset(karpathy_source, split=split, **load_kwargs)
     karpathy = _take_first(karpathy, max_samples)
 
-    image_root = os.path.abspath(os.path.expanduser(image_root))
     for folder in sorted(karpathy.unique("filepath")):
         if not os.path.isdir(os.path.join(image_root, folder)):
-            raise ValueError(
+            raise CaptionDataError(
                 f"The COCO image root {image_root} has no {folder!r} folder, which the Karpathy {split!r} split "
-                "needs. Expected the COCO 2014 images laid out as <image_root>/train2014/COCO_train2014_*.jpg and "
-                "<image_root>/val2014/COCO_val2014_*.jpg."
+                f"needs. Expected the COCO 2014 images laid out as {COCO_LAYOUT}."
             )
 
     def to_common(batch: dict[str, list]) -> dict[str, list]:
         return {
             "image_id": [str(cocoid) for cocoid in batch["cocoid"]],
             "image": [os.path.join(image_root, d, f) for d, f in zip(batch["filepath"], batch["filename"])],
-            "captions": batch["sentences"],
+            "captions": [_clean_references(sentences, "sentences") for sentences in batch["sentences"]],
         }
 
     karpathy = karpathy.map(to_common, batched=True, remove_columns=karpathy.column_names)
-    return _to_common_schema(karpathy)
+    return _require_references(_to_common_schema(karpathy), f"{karpathy_source!r} ({split})", "sentences")
 
 
 def load_caption_dataset(
@@ -193,10 +251,11 @@ def load_caption_dataset(
             Forwarded to `datasets.load_dataset` (e.g. `name`, `data_dir`, `cache_dir`, `revision`).
 
     Returns:
-        `datasets.Dataset`: the split with the columns of `CAPTION_FEATURES`.
+        `datasets.Dataset`: the split with the columns of `CAPTION_FEATURES`; `null` and blank references are dropped.
 
     Raises:
-        `ValueError`: if one of the named columns is missing.
+        `CaptionDataError`: if one of the named columns is missing, holds something else than captions, or leaves a
+        row without any reference caption.
     """
     dataset = _take_first(load_dataset(path, split=split, **load_kwargs), max_samples)
     missing = [
@@ -205,7 +264,7 @@ def load_caption_dataset(
         if column is not None and column not in dataset.column_names
     ]
     if missing:
-        raise ValueError(
+        raise CaptionDataError(
             f"Dataset {path!r} ({split}) has no column {missing}; its columns are {dataset.column_names}."
         )
 
@@ -214,14 +273,14 @@ def load_caption_dataset(
         ids = indices if id_column is None else batch[id_column]
         return {
             "image_id": [str(image_id) for image_id in ids],
-            "captions": [[c] if isinstance(c, str) else list(c) for c in batch[caption_column]],
+            "captions": [_clean_references(value, caption_column) for value in batch[caption_column]],
         }
 
     other_columns = [column for column in dataset.column_names if column != image_column]
     dataset = dataset.map(to_common, batched=True, with_indices=True, remove_columns=other_columns)
     if image_column != "image":
         dataset = dataset.rename_column(image_column, "image")
-    return _to_common_schema(dataset)
+    return _require_references(_to_common_schema(dataset), f"{path!r} ({split})", caption_column)
 
 
 def load_captions(
@@ -260,16 +319,19 @@ def load_captions(
 
     Returns:
         `datasets.Dataset`: the split.
+
+    Raises:
+        `CaptionDataError`: if the arguments or the data cannot give captioning examples (see the loaders).
     """
     if source == "shapes":
         if max_samples is None:
             if split not in SHAPES_SPLIT_SIZES:
-                raise ValueError(f"Pass `max_samples` for the shapes split {split!r}: it has no default size.")
+                raise CaptionDataError(f"Pass `max_samples` for the shapes split {split!r}: it has no default size.")
             max_samples = SHAPES_SPLIT_SIZES[split]
         return make_shapes_dataset(max_samples, seed=seed, split=split, **load_kwargs)
     if source == "coco-karpathy":
         if image_root is None:
-            raise ValueError(
+            raise CaptionDataError(
                 "The coco-karpathy source needs `image_root`, the directory holding train2014/ and val2014/."
             )
         return load_coco_karpathy(image_root, split, max_samples=max_samples, **load_kwargs)

@@ -4,6 +4,7 @@
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
+from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
@@ -148,6 +149,12 @@ class VLMConfig(PretrainedConfig):
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(
                 f"Unknown projector_type={self.projector_type!r}; choose one of {', '.join(map(repr, PROJECTOR_TYPES))}."
+            )
+        activation = self.projector_hidden_act
+        if not isinstance(activation, str) or activation not in ACT2FN:
+            raise ValueError(
+                f"projector_hidden_act={activation!r} is invalid; choose one of {', '.join(map(repr, sorted(ACT2FN)))} "
+                "(the keys of transformers.activations.ACT2FN)."
             )
         for name in (
             "qformer_num_queries",

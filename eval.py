@@ -2,7 +2,9 @@
 """
 Evaluate captioning models: caption a dataset with each `--model` (batched greedy decoding, KV cache), score the
 captions with the standard COCO caption metrics, and write predictions, metrics, a comparison table and, on request,
-attention / saliency maps and a caption gallery.
+attention / saliency maps and a caption gallery. A `--model` path or `--image_root` that does not exist, an unknown
+`tiny:` projector, or a dataset that cannot give captions ends the command with a message (exit status 2) before
+any model is loaded.
 
     python eval.py --model user/vlm-mlp --model user/vlm-perceiver --dataset coco-karpathy --image_root /data/coco
     python eval.py --model tiny:mlp --dataset shapes --split test --max_samples 20 --gallery      # offline
@@ -14,26 +16,27 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import PIL.Image
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from caption_data import load_captions, readable_samples
+from caption_data import CaptionDataError, load_captions, readable_samples
 from caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
 from captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
+from configuration_vlm import PROJECTOR_TYPES
 from markdown_tables import markdown_table
-from visualize import overlay_heatmap, projector_attention_maps, saliency_map, save_attention_grid, write_gallery
+from visualize import save_model_picture, write_gallery
 
 
 TABLE_COLUMNS = (
     "model", "projector", "image tokens", "parameters", "projector parameters", "BLEU-4", "METEOR", "ROUGE-L",
     "CIDEr", "captions/s",
 )  # fmt: skip
-PROJECTORS_WITH_ATTENTION_MAPS = ("qformer", "perceiver")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="directory, Hub id, or tiny:<projector_type>")
     parser.add_argument("--dataset", default="shapes", help='"shapes" (offline), "coco-karpathy", or a dataset path')
@@ -49,7 +52,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention_maps", action="store_true", help="PNG attention / saliency maps per image")
     parser.add_argument("--gallery", action="store_true", help="gallery.html and contact_sheet.png")
     parser.add_argument("--num_pictures", type=int, default=6, help="images in the attention maps and the gallery")
-    return parser.parse_args(argv)
+    return parser
+
+
+def usage_error(message: str) -> NoReturn:
+    """Exits as argparse does on a bad argument: the usage and `message` on stderr, exit status 2."""
+    build_parser().error(message)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments, once every `--model` looks loadable (see [`model_error`])."""
+    args = build_parser().parse_args(argv)
+    for name in args.model:
+        if (problem := model_error(name)) is not None:
+            usage_error(problem)
+    return args
+
+
+def model_error(name: str) -> str | None:
+    """
+    Why `--model name` cannot be loaded, found before anything is: `tiny:` with an unknown projector, or a local path
+    (starting with `/`, `.` or `~`, with more `/` than a Hub id's `user/name`, or the platform's separator) that is
+    not a directory. `None` when nothing is wrong that far.
+    """
+    if name.startswith("tiny:"):
+        projector = name.removeprefix("tiny:")
+        if projector in PROJECTOR_TYPES:
+            return None
+        choices = ", ".join(f"tiny:{choice}" for choice in PROJECTOR_TYPES)
+        return f"--model {name}: unknown projector {projector!r}; choose one of {choices}."
+    separators = {os.sep, os.altsep} - {None, "/"}
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or any(sep in name for sep in separators)
+    path = os.path.expanduser(name)
+    if not looks_local or os.path.isdir(path):
+        return None
+    problem = "is not a directory" if os.path.exists(path) else "does not exist"
+    return (
+        f"--model {name}: {path} {problem}; pass a saved model directory, a Hub id like user/name, or tiny:<projector>."
+    )
 
 
 def file_slug(name: str) -> str:
@@ -97,36 +137,36 @@ def write_model_outputs(output_dir: str, slug: str, ids: list[str], captions: li
 def write_attention_maps(
     model: PreTrainedModel,
     processor: ProcessorMixin,
+    name: str,
     samples: list[tuple[str, PIL.Image.Image, str]],
     output_dir: str,
-    slug: str,
 ) -> None:
     """
-    `attention_<slug>_<image id>.png` per `(image id, image, caption)`: the projector's attention grid for Q-Former
+    `attention_<name>_<image id>.png` per `(image id, image, caption)`: the projector's attention grid for Q-Former
     and Perceiver models, the caption's gradient saliency for the others.
     """
     for image_id, image, caption in samples:
-        path = os.path.join(output_dir, f"attention_{slug}_{file_slug(image_id)}.png")
-        if model.config.projector_type in PROJECTORS_WITH_ATTENTION_MAPS:
-            save_attention_grid(image, projector_attention_maps(model, processor, image), path)
-        else:
-            overlay_heatmap(image, saliency_map(model, processor, image, caption), 224).save(path)
+        path = os.path.join(output_dir, f"attention_{file_slug(name)}_{file_slug(image_id)}.png")
+        save_model_picture(model, processor, name, image_id, image, caption, path)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """The `python eval.py` command line; returns the table rows."""
     args = parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    os.makedirs(args.output_dir, exist_ok=True)
-    dataset = load_captions(
-        args.dataset, args.split, image_root=args.image_root, max_samples=args.max_samples,
-        image_column=args.image_column, caption_column=args.caption_column,
-    )  # fmt: skip
+    check_java()
+    try:
+        dataset = load_captions(
+            args.dataset, args.split, image_root=args.image_root, max_samples=args.max_samples,
+            image_column=args.image_column, caption_column=args.caption_column,
+        )  # fmt: skip
+    except CaptionDataError as error:
+        usage_error(str(error))
     ids, images, references, skipped = readable_samples(dataset)
     if skipped:
         print(f"skipped {skipped} unreadable images")
-    check_java()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    os.makedirs(args.output_dir, exist_ok=True)
     num_pictures = min(args.num_pictures, len(ids))
 
     rows, captions_by_model = [], {}
@@ -145,16 +185,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         captions_by_model[name] = captions
         if args.attention_maps:
             samples = list(zip(ids, images, captions))[:num_pictures]
-            write_attention_maps(model, processor, samples, args.output_dir, slug)
+            write_attention_maps(model, processor, name, samples, args.output_dir)
 
     table = comparison_table(rows)
     with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as file:
         file.write(table)
     print(table)
     if args.gallery:
+        heading = f"{args.dataset}, {args.split} split: {num_pictures} of {len(ids)} images (scores on all {len(ids)})"
         write_gallery(
             args.output_dir, ids[:num_pictures], images[:num_pictures], references[:num_pictures],
-            {name: captions[:num_pictures] for name, captions in captions_by_model.items()},
+            {name: captions[:num_pictures] for name, captions in captions_by_model.items()}, heading,
+            {row["model"]: row for row in rows},
         )  # fmt: skip
     return rows
 

@@ -20,6 +20,7 @@ from transformers import (
     AutoTokenizer,
     Blip2QFormerConfig,
     Blip2QFormerModel,
+    GenerationConfig,
     GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
@@ -296,6 +297,17 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        self.suppress_image_token()
+
+    def suppress_image_token(self) -> None:
+        """
+        Adds `config.image_token_id` to `generation_config.suppress_tokens`, which `save_pretrained` writes to
+        generation_config.json. The placeholder only marks where image embeddings go: a generated one would leave the
+        next step with a placeholder and no image. Call it again after replacing `generation_config`.
+        """
+        suppress_tokens = list(self.generation_config.suppress_tokens or [])
+        if self.config.image_token_id not in suppress_tokens:
+            self.generation_config.suppress_tokens = suppress_tokens + [self.config.image_token_id]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -391,6 +403,10 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        self._check_sequence_length(
+            num_new_tokens=(input_ids if input_ids is not None else inputs_embeds).shape[1],
+            num_cached_tokens=past_key_values.get_seq_length() if past_key_values is not None else 0,
+        )
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -439,6 +455,26 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             projector_attentions=image_outputs.cross_attentions if image_outputs is not None else None,
         )
 
+    def _check_sequence_length(self, num_new_tokens: int, num_cached_tokens: int = 0) -> None:
+        """
+        Raises `ValueError` for an empty input, which the language model's attention cannot reshape, and for a sequence
+        longer than `text_config.max_position_embeddings`, which it would run past its trained positions silently.
+        """
+        if num_new_tokens == 0:
+            raise ValueError(
+                "The input is empty (0 tokens); pass a prompt of at least one token, e.g. built with "
+                "processor.apply_chat_template(...) and the processor."
+            )
+        max_positions = self.config.text_config.max_position_embeddings
+        length = num_cached_tokens + num_new_tokens
+        if length > max_positions:
+            cached = f" ({num_cached_tokens} cached + {num_new_tokens} new)" if num_cached_tokens else ""
+            raise ValueError(
+                f"The input is {length} tokens long{cached} but the language model handles at most {max_positions} "
+                f"(text_config.max_position_embeddings); shorten the text or pass fewer images (each takes "
+                f"{self.config.num_image_tokens} tokens)."
+            )
+
     def causal_lm_loss(
         self,
         hidden_states: torch.FloatTensor,
@@ -465,12 +501,37 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         vision_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> dict:
+        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if is_prefill and kwargs.get("inputs_embeds") is None:
+            # transformers 4.x's preparation below fails on an empty prompt with a bare IndexError.
+            self._check_sequence_length(num_new_tokens=input_ids.shape[1])
         model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
         # Images enter at the prefill step only; afterwards their keys and values are in the cache.
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
+        if is_prefill:
             model_inputs["pixel_values"] = pixel_values
             model_inputs["vision_features"] = vision_features
         return model_inputs
+
+    def _validate_generated_length(
+        self, generation_config: GenerationConfig, input_ids_length: int, has_default_max_length: bool
+    ) -> None:
+        """
+        `GenerationMixin`'s length checks (the same hook in transformers 4.x and 5.x), and a refusal, before any step
+        runs, of a `max_length` (prompt + `max_new_tokens`) beyond `text_config.max_position_embeddings`.
+        """
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        max_length, max_positions = generation_config.max_length, self.config.text_config.max_position_embeddings
+        if max_length > max_positions:
+            fix = (
+                f"set max_new_tokens to at most {max_positions - input_ids_length}"
+                if input_ids_length < max_positions
+                else "shorten the prompt"
+            )
+            raise ValueError(
+                f"Generation could reach {max_length} tokens (a {input_ids_length}-token prompt and up to "
+                f"{max_length - input_ids_length} new tokens) but the language model handles at most {max_positions} "
+                f"(text_config.max_position_embeddings); {fix}."
+            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Saves safetensors weights, the config with an `auto_map` for every Auto class, and the remote-code files."""
@@ -522,10 +583,13 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         model.multi_modal_projector.apply(model._init_weights)
         model.multi_modal_projector.to(dtype or torch.float32)
         model.generation_config = language_model.generation_config
+        model.suppress_image_token()
         model.tie_weights()
 
+        # The PIL backend, explicitly: 4.x's "slow" processor, the same pixels in 5.x with or without torchvision.
+        pil_backend = {"use_fast": False} if IS_TRANSFORMERS_4 else {"backend": "pil"}
         processor = VLMProcessor(
-            image_processor=AutoImageProcessor.from_pretrained(vision),
+            image_processor=AutoImageProcessor.from_pretrained(vision, **pil_backend),
             tokenizer=tokenizer,
             num_image_tokens=config.num_image_tokens,
             image_token=image_token,

@@ -36,11 +36,25 @@ def make_chat_template(image_token: str = "<image>") -> str:
     )
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def to_rgb_image(image):
     """
-    Turns a path or URL, a PIL image of any mode (L, RGBA, P, CMYK, ...), or an array / tensor of shape `(H, W)`,
-    `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels (values 0-255, or floats 0-1) into an RGB PIL image.
-    Transparent pixels are composited on white.
+    Turns a path or URL, a PIL image of any mode (L, RGBA, P, CMYK, I;16, F, ...), or an array / tensor of shape
+    `(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels into an RGB PIL image. Transparent pixels are
+    composited on white.
+
+    Pixel values are brought to 0-255 by one rule, whatever the input (a PIL image counts as the array
+    `numpy.asarray(image)`: 16-bit modes are uint16, mode I int32, mode F float32):
+
+    - uint8: as is;
+    - uint16: scaled from 0-65535;
+    - other integers: as is when all are at most 255, else scaled from 0-65535;
+    - floats: scaled from 0-1 when all are in [0, 1], else taken as 0-255;
+
+    then rounded. Values outside those ranges (negative ones, as normalised pixels have, or floats above 255 and
+    integers above 65535) raise a `ValueError`: they are not pixels this rule can read.
     """
     if isinstance(image, (str, os.PathLike)):
         try:
@@ -51,7 +65,9 @@ def to_rgb_image(image):
                 f"Could not read the image {str(image)!r} ({type(error).__name__}: {error}). Pass a path or URL of a "
                 "readable image file, a PIL.Image, a numpy array or a torch tensor."
             ) from error
-    elif not is_pil_image(image):
+    if is_pil_image(image) and image.mode in ("I", "F", *SIXTEEN_BIT_MODES):
+        image = _pil_pixels(image)  # PIL's own conversion to 8 bits clips these instead of scaling them
+    if not is_pil_image(image):
         array = image if isinstance(image, torch.Tensor) else torch.tensor(image)
         if array.ndim == 2:
             array = array.unsqueeze(-1)
@@ -61,7 +77,7 @@ def to_rgb_image(image):
             array = array[..., :3]
         elif array.shape[0] == 4 and array.shape[-1] not in (1, 3):
             array = array[:3]
-        image = to_pil_image(array)
+        image = to_pil_image(_to_uint8(array))
     try:
         if "A" in image.getbands() or "transparency" in image.info:
             image = image.convert("RGBA")
@@ -72,6 +88,37 @@ def to_rgb_image(image):
         return image.convert("RGB")
     except OSError as error:
         raise ValueError(f"Could not decode the image {image!r} ({error}); the file is truncated or corrupt.") from error
+
+
+def _pil_pixels(image) -> torch.Tensor:
+    """
+    The pixels `(H, W)` of a single-channel 16-bit (uint16), 32-bit integer (mode I, int32) or float (mode F, float32)
+    PIL image.
+    """
+    native = image if image.mode in ("I", "F") else image.convert("I")  # any byte order -> native int32
+    dtype = torch.float32 if image.mode == "F" else torch.int32
+    pixels = torch.frombuffer(bytearray(native.tobytes()), dtype=dtype).view(image.height, image.width)
+    return pixels.to(torch.uint16) if image.mode in SIXTEEN_BIT_MODES else pixels
+
+
+def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """`pixels` of any dtype as uint8, by the rule of [`to_rgb_image`]."""
+    if pixels.dtype == torch.uint8:
+        return pixels
+    is_float, is_16_bit = pixels.is_floating_point(), pixels.dtype == torch.uint16
+    pixels = pixels.float()  # exact for integers up to 2**24; uint16 tensors support few operations
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > (255 if is_float else 65535):
+        expected = "[0, 1] or [0, 255]" if is_float else "[0, 255] or [0, 65535]"
+        raise ValueError(
+            f"Image values lie in [{low:g}, {high:g}]; {'float' if is_float else 'integer'} pixels must lie in "
+            f"{expected}. Pass the image's raw pixels, not normalised ones: the image processor normalises them."
+        )
+    if is_float and high <= 1:
+        pixels = pixels * 255
+    elif not is_float and (is_16_bit or high > 255):
+        pixels = pixels / 257  # 65535 -> 255
+    return pixels.round().to(torch.uint8)
 
 
 class VLMProcessor(ProcessorMixin):
@@ -125,6 +172,7 @@ class VLMProcessor(ProcessorMixin):
         return_tensors: str | None = None,
         videos=None,
         audio=None,
+        audios=None,
         **kwargs,
     ) -> BatchFeature:
         """
@@ -132,9 +180,16 @@ class VLMProcessor(ProcessorMixin):
         and preprocesses `images`: one image, a flat list in the order of the image tokens in the batch, or one list
         per text. Returns `input_ids`, `attention_mask` and, with images, `pixel_values` of shape
         `(num_images, 3, height, width)`. Batches of mixed lengths are padded (on the tokenizer's `padding_side`).
+
+        `videos` and `audio` (or `audios`, as evaluation harnesses such as lmms-eval name it) may be given only empty
+        (`None` or an empty list): this model reads images and text.
         """
-        if videos is not None or audio is not None:
-            raise ValueError("VLMProcessor handles images and text only; got `videos` or `audio`.")
+        for name, value in (("videos", videos), ("audio", audio), ("audios", audios)):
+            if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 0):
+                raise ValueError(
+                    f"VLMProcessor handles images and text only, but `{name}` is not empty; leave `{name}` out or pass "
+                    "None or an empty list."
+                )
         if text is None:
             raise ValueError("VLMProcessor needs `text`; put one image token per image in it, e.g. via apply_chat_template.")
         texts = [text] if isinstance(text, str) else list(text)

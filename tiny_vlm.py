@@ -13,12 +13,17 @@ from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, SiglipImageProcessor
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from configuration_vlm import VLMConfig
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor, make_chat_template
 
+
+try:  # transformers 5.x: the PIL backend by name; `SiglipImageProcessor` is torchvision's and warns without it
+    from transformers import SiglipImageProcessorPil
+except ImportError:  # transformers 4.x, where `SiglipImageProcessor` is the PIL one
+    from transformers import SiglipImageProcessor as SiglipImageProcessorPil
 
 # Qwen2's pre-tokenizer split (from its tokenizer.json), followed by byte-level encoding.
 QWEN_SPLIT_PATTERN = (
@@ -121,16 +126,31 @@ def build_tiny_tokenizer(image_token: str = IMAGE_TOKEN) -> PreTrainedTokenizerB
     return AutoTokenizer.from_pretrained(_tiny_tokenizer_files(image_token))
 
 
+def build_siglip_image_processor(image_size: int) -> SiglipImageProcessorPil:
+    """
+    SigLIP preprocessing (bicubic resize to `image_size`, rescale, normalise to [-1, 1]) on the PIL backend in every
+    transformers version, so that the pixels never depend on whether torchvision is installed. Saved, it names itself
+    `SiglipImageProcessor`, which 4.x and 5.x both load.
+    """
+    return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+
+
 def build_tiny_processor(num_image_tokens: int, image_token: str = IMAGE_TOKEN) -> VLMProcessor:
     """SigLIP preprocessing at the tiny tower's 32x32 resolution, with the tiny tokenizer and Qwen's chat template."""
-    image_size = TINY_VISION_CONFIG["image_size"]
     return VLMProcessor(
-        image_processor=SiglipImageProcessor(size={"height": image_size, "width": image_size}),
+        image_processor=build_siglip_image_processor(TINY_VISION_CONFIG["image_size"]),
         tokenizer=build_tiny_tokenizer(image_token),
         chat_template=make_chat_template(image_token),
         num_image_tokens=num_image_tokens,
         image_token=image_token,
     )
+
+
+def set_tiny_generation_config(model: VLMForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Generation stops at `<|im_end|>` or `<|endoftext|>`, pads with `<|endoftext|>`, never emits the image token."""
+    end_of_turn, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    model.generation_config = GenerationConfig(eos_token_id=[end_of_turn, pad], pad_token_id=pad, bos_token_id=None)
+    model.suppress_image_token()
 
 
 def build_tiny_vlm(
@@ -157,6 +177,6 @@ def build_tiny_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VLMForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(eos_token_id=[end_of_turn, pad], pad_token_id=pad, bos_token_id=None)
+    set_tiny_generation_config(model, tokenizer)
     model.eval()
     return model, build_tiny_processor(config.num_image_tokens, image_token)

@@ -47,13 +47,28 @@ from training import (
 )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """This module's docstring as written, then every option with its default."""
+
+
+def build_parser() -> HfArgumentParser:
+    """Every option: `--config`, `--compare` and the fields of [`VLMTrainingArguments`]."""
+    parser = HfArgumentParser(VLMTrainingArguments, description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--config", help="YAML file whose keys are the options below; flags override its values.")
+    parser.add_argument(
+        "--compare",
+        help="Train several runs one after the other and print their table: a comma-separated list of 'all', "
+        "projector types, YAML files or family prefixes (see above).",
+    )
+    return parser
+
+
 def parse_args(argv: Sequence[str], config: str | os.PathLike | None = None) -> VLMTrainingArguments:
     """`argv` flags over the values of the YAML file `config` over the defaults of [`VLMTrainingArguments`]."""
-    parser = HfArgumentParser(VLMTrainingArguments)
+    parser = build_parser()
     if config is not None:
         parser.set_defaults(**load_yaml_config(config))
-    (args,) = parser.parse_args_into_dataclasses(list(argv))
-    return args
+    return parser.parse_args_into_dataclasses(list(argv))[0]  # the rest is --config and --compare
 
 
 def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[VLMTrainingArguments]:
@@ -87,18 +102,10 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
 def main(argv: Sequence[str] | None = None) -> list[TrainingResults]:
     """Runs the command line; returns the results of every run (see `training.train`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    selector = argparse.ArgumentParser(add_help=False)
-    selector.add_argument("--config", help="YAML file of VLMTrainingArguments fields")
-    selector.add_argument("--compare", help="comparison items: all, projector types, YAML files, family prefixes")
-    selected, rest = selector.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        print(__doc__)
-        HfArgumentParser(VLMTrainingArguments).print_help()
-        return []
-
-    if selected.compare is None:
-        return [train(parse_args(rest, selected.config))]
-    runs = comparison_runs(selected.compare, rest, selected.config)
+    options, _ = build_parser().parse_known_args(argv)  # `--help` prints every option and exits here
+    if options.compare is None:
+        return [train(parse_args(argv, options.config))]
+    runs = comparison_runs(options.compare, argv, options.config)
     results = run_comparison(runs)
     table = projector_comparison_table(results)
     parent = os.path.commonpath([os.path.abspath(run.output_dir) for run in runs])

@@ -13,7 +13,8 @@ images), so that they run without the Hub:
    epoch) through `training.run_comparison`, the entry point of `train_accelerate.py --compare`; only with
    `--small` on CPU, at tiny sizes;
 5. `karpathy_epoch`: one COCO-Karpathy epoch (566,747 pairs) per projector, extrapolated from the measured step rate;
-6. `loss_lever`: the loss on labelled positions only (the model's `labels` path) against full-vocabulary logits.
+6. `loss_lever`: the loss on labelled positions only (the model's `labels` path) against full-vocabulary logits;
+7. `checkpoints`: size and save time of an `align` checkpoint, accelerate's whole state against the lean one.
 
 Real sizes are SigLIP-base-patch16-224 + Qwen2.5-0.5B-Instruct ([`VLMConfig`] defaults, 151,936-token vocabulary);
 `--small` runs the same code on the tiny towers of `tiny_vlm.py`. Text goes through the tiny offline tokenizer at
@@ -33,6 +34,7 @@ import torch
 
 from benchmarks.measure import environment, release_memory
 from benchmarks.sections import (
+    benchmark_checkpoints,
     benchmark_generation,
     benchmark_loss_lever,
     benchmark_seed_experiment,
@@ -63,6 +65,7 @@ def run_benchmarks(
         "seed_experiment": benchmark_seed_experiment(settings, device),
         "karpathy_epoch": karpathy_epoch_extrapolation(training),
         "loss_lever": benchmark_loss_lever(settings, device),
+        "checkpoints": benchmark_checkpoints(settings, device),
     }
     report["environment"] = environment(device)
     return report
@@ -111,6 +114,11 @@ def format_report(report: dict[str, Any]) -> str:
             ((r["variant"], f"{r['vocab_size']:,}", r["batch_size"], r["sequence_length"], f"{r['step_s']:.3f}",
               f"{r['peak_memory_mb']:.0f}", f"{r['memory_increase_mb']:.0f}", f"{r['loss']:.4f}")
              for r in report["loss_lever"]),
+        ),
+        "Checkpoint of an align run (mlp, after one step):\n" + markdown_table(
+            ("checkpoint", "total MB", "weights MB", "save s"),
+            ((r["checkpoint"], f"{r['total_mb']:.1f}", f"{r['weights_mb']:.1f}", f"{r['save_s']:.2f}")
+             for r in report["checkpoints"]),
         ),
     ]  # fmt: skip
     return "\n\n".join(sections) + "\n"

@@ -11,6 +11,7 @@ bf16 on CUDA, none on CPU), seed 000's experiment included.
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,10 @@ from benchmarks.workloads import BenchmarkSettings, build_benchmark_model, synth
 from captioning import generate_captions
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
 from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor
 from training import VLMTrainingArguments, run_comparison, training_step
+from training.checkpointing import TrainerState, keep_checkpoints_lean, save_checkpoint
+from training.integrity import FrozenWeights
 from training.model_setup import build_optimizer, configure_trainable_parameters
 
 
@@ -53,25 +57,31 @@ def benchmark_training(settings: BenchmarkSettings, device: torch.device) -> lis
     return rows
 
 
+def prepared_align_model(
+    accelerator: Accelerator, projector_type: str, small: bool, device: torch.device
+) -> tuple[torch.nn.Module, VLMProcessor, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """A benchmark model in the `align` stage with AdamW (the defaults of a run) and a constant schedule, prepared."""
+    defaults = VLMTrainingArguments(model="tiny")
+    model, processor = build_benchmark_model(projector_type, small)
+    model = configure_trainable_parameters(model.to(device), "align")
+    betas, eps = (defaults.adam_beta1, defaults.adam_beta2), defaults.adam_epsilon
+    optimizer = build_optimizer(model, defaults.learning_rate, None, defaults.weight_decay, betas, eps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, get_scheduler("constant", optimizer))
+    return model.train(), processor, optimizer, scheduler
+
+
 def time_training_steps(
     accelerator: Accelerator, projector_type: str, settings: BenchmarkSettings, device: torch.device
 ) -> list[dict[str, Any]]:
     """The training-step measurements of one projector, one row per batch size."""
-    defaults = VLMTrainingArguments(model="tiny")
-    model, processor = build_benchmark_model(projector_type, settings.small)
-    model = configure_trainable_parameters(model.to(device), "align")
-    betas = (defaults.adam_beta1, defaults.adam_beta2)
-    optimizer = build_optimizer(
-        model, defaults.learning_rate, None, defaults.weight_decay, betas, defaults.adam_epsilon
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, get_scheduler("constant", optimizer))
-    model.train()
+    model, processor, optimizer, scheduler = prepared_align_model(accelerator, projector_type, settings.small, device)
+    max_grad_norm = VLMTrainingArguments(model="tiny").max_grad_norm
     rows = []
     for batch_size in settings.batch_sizes:
         batch = training_batch(accelerator.unwrap_model(model), processor, batch_size, device)
 
         def step() -> None:
-            training_step(model, batch, accelerator, optimizer, scheduler, defaults.max_grad_norm)
+            training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm)
 
         flops = counted_flops(step)  # also the first warm-up step
         with PeakMemory(device) as memory:
@@ -307,4 +317,37 @@ def benchmark_loss_lever(settings: BenchmarkSettings, device: torch.device) -> l
                 "loss": losses[-1],
             }
         )
+    return rows
+
+
+def benchmark_checkpoints(settings: BenchmarkSettings, device: torch.device) -> list[dict[str, Any]]:
+    """
+    Size and save time of one `align` checkpoint of the mlp model after a training step: accelerate's whole state
+    (frozen towers included), then the lean checkpoint `train()` writes (trainable weights, optimizer, scheduler,
+    RNG, trainer state, the frozen weights' reference and the checksum manifest).
+    """
+    rows = []
+    for lean in (False, True):
+        accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=training_precision(device))
+        model, processor, optimizer, scheduler = prepared_align_model(accelerator, "mlp", settings.small, device)
+        batch = training_batch(accelerator.unwrap_model(model), processor, 2, device)
+        training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm=1.0)
+        if lean:
+            keep_checkpoints_lean(accelerator)
+        frozen = FrozenWeights.of(accelerator.unwrap_model(model), {"model": "benchmark"})
+        with tempfile.TemporaryDirectory() as output_dir:
+            start = time.perf_counter()
+            checkpoint = Path(save_checkpoint(accelerator, TrainerState(global_step=1), output_dir, 1, frozen))
+            seconds = time.perf_counter() - start
+            files = {path.name: path.stat().st_size for path in checkpoint.rglob("*") if path.is_file()}
+        rows.append(
+            {
+                "checkpoint": "lean (train())" if lean else "whole accelerate state",
+                "total_mb": sum(files.values()) / 2**20,
+                "weights_mb": files["model.safetensors"] / 2**20,
+                "save_s": seconds,
+            }
+        )
+        accelerator.free_memory()
+        release_memory()
     return rows

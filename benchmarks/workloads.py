@@ -12,12 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import GenerationConfig, SiglipImageProcessor
 
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor, make_chat_template
-from tiny_vlm import ENDOFTEXT, IM_END, IMAGE_TOKEN, build_tiny_tokenizer, build_tiny_vlm
+from tiny_vlm import (
+    IMAGE_TOKEN,
+    build_siglip_image_processor,
+    build_tiny_tokenizer,
+    build_tiny_vlm,
+    set_tiny_generation_config,
+)
 from training.data import CaptionCollator
 
 
@@ -83,10 +88,9 @@ def build_benchmark_model(
     )
     torch.manual_seed(0)
     model = VLMForConditionalGeneration(config)
-    end_of_turn, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)
-    model.generation_config = GenerationConfig(eos_token_id=[end_of_turn, pad], pad_token_id=pad, bos_token_id=None)
+    set_tiny_generation_config(model, tokenizer)
     processor = VLMProcessor(
-        image_processor=SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        image_processor=build_siglip_image_processor(IMAGE_SIZE),
         tokenizer=tokenizer,
         chat_template=make_chat_template(IMAGE_TOKEN),
         num_image_tokens=config.num_image_tokens,

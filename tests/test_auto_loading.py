@@ -39,12 +39,24 @@ LOADER = textwrap.dedent(
         prompt = processor.apply_chat_template(request["messages"], add_generation_prompt=True)
         inputs = processor(images=[image], text=[prompt], return_tensors="pt")
         result = {"config_class": type(config).__name__, "processor_class": type(processor).__name__}
+        result["pixel_values"] = inputs["pixel_values"].flatten().tolist()
         for auto_class in auto_classes:
             model = getattr(transformers, auto_class).from_pretrained(directory, trust_remote_code=True)
             with torch.no_grad():
                 logits = model(**inputs).logits
             generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
             result[auto_class] = {"class": type(model).__name__, "logits": logits.flatten().tolist(), "tokens": generated.tolist()}
+            # With the image token's logit raised to the top, greedy and sampled generation must still avoid it.
+            bias = torch.zeros(config.text_config.vocab_size)
+            bias[config.image_token_id] = 100.0
+            model.get_output_embeddings().register_forward_hook(lambda module, args, output: output + bias)
+            torch.manual_seed(0)
+            prompt_length = inputs["input_ids"].shape[1]
+            result[auto_class]["biased_new_tokens"] = [
+                model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=sample)[0, prompt_length:]
+                .tolist()
+                for sample in (False, True)
+            ]
         chat = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Describe the image briefly."}]}]
         captioner = pipeline("image-text-to-text", model=directory, trust_remote_code=True)
         output = captioner(text=chat, max_new_tokens=4, return_full_text=False)
@@ -68,7 +80,7 @@ def load_in_fresh_process(directories: list[str], cwd) -> dict:
 
 def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
     image = images[0]
-    expected, directories = {}, []
+    expected, pixel_values, directories = {}, {}, []
     for projector_type in PROJECTOR_TYPES:
         model, processor = build_tiny_vlm(projector_type, seed=7)
         directory = tmp_path / f"vlm-{projector_type}"
@@ -78,6 +90,8 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
         assert {"configuration_vlm.py", "modeling_vlm.py", "processing_vlm.py", "model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+        generation_config = json.loads((directory / "generation_config.json").read_text())
+        assert generation_config["suppress_tokens"] == [model.config.image_token_id]
         assert auto_map["AutoModelForVision2Seq"] == auto_map["AutoModelForImageTextToText"] == auto_map["AutoModel"]
         assert auto_map["AutoProcessor"] == "processing_vlm.VLMProcessor"
 
@@ -85,7 +99,9 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
         inputs = processor(images=[image], text=[prompt], return_tensors="pt")
         with torch.no_grad():
             logits = model(**inputs).logits
-        expected[str(directory)] = (logits.flatten().tolist(), model.generate(**inputs, max_new_tokens=6, do_sample=False).tolist())
+        tokens = model.generate(**inputs, max_new_tokens=6, do_sample=False).tolist()
+        expected[str(directory)] = (logits.flatten().tolist(), tokens, model.config.image_token_id)
+        pixel_values[str(directory)] = inputs["pixel_values"].flatten().tolist()
         directories.append(str(directory))
 
     outside = tmp_path / "elsewhere"
@@ -96,9 +112,12 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
     for directory in directories:
         result = results[directory]
         assert result["config_class"] == "VLMConfig" and result["processor_class"] == "VLMProcessor"
-        expected_logits, expected_tokens = expected[directory]
+        assert result["pixel_values"] == pixel_values[directory], "the reloaded image processor gives other pixels"
+        expected_logits, expected_tokens, image_token_id = expected[directory]
         for auto_class in results["auto_classes"]:
             assert result[auto_class]["class"] == "VLMForConditionalGeneration"
+            for new_tokens in result[auto_class]["biased_new_tokens"]:
+                assert len(new_tokens) == 4 and image_token_id not in new_tokens, f"{auto_class} generated <image>"
             if results["version"] == transformers.__version__:
                 assert result[auto_class]["logits"] == expected_logits, f"{auto_class} logits differ for {directory}"
             else:  # another transformers version computes the same function with slightly different kernels

@@ -38,7 +38,8 @@ def report() -> dict:
 
 def test_small_benchmark_reports_every_section_and_projector(report):
     assert set(report) == {
-        "settings", "training", "vision", "generation", "seed_experiment", "karpathy_epoch", "loss_lever", "environment"
+        "settings", "training", "vision", "generation", "seed_experiment", "karpathy_epoch", "loss_lever",
+        "checkpoints", "environment",
     }  # fmt: skip
     sections = (report["training"], report["generation"], report["karpathy_epoch"], report["vision"]["epoch_share"])
     for section in sections:
@@ -54,6 +55,9 @@ def test_small_benchmark_reports_every_section_and_projector(report):
     # Both loss variants compute the same loss: the lever changes the cost only.
     labelled, full = (row["loss"] for row in report["loss_lever"])
     assert math.isclose(labelled, full, rel_tol=1e-4)
+    # The lean checkpoint leaves the frozen towers out: its weights are the projector's alone.
+    whole, lean = report["checkpoints"]
+    assert lean["weights_mb"] * 10 < whole["weights_mb"] and lean["total_mb"] < whole["total_mb"]
 
 
 def test_report_tables_have_their_columns_and_every_projector(report):
@@ -86,3 +90,6 @@ def test_report_tables_have_their_columns_and_every_projector(report):
     assert [row[0] for row in lever_rows] == [row["variant"] for row in report["loss_lever"]]
     seed = report["seed_experiment"]
     assert f"Seed 000 experiment: {seed['wall_s']:.1f} s wall for mlp, qformer, perceiver x 1 epochs" in text
+    header, rows = tables["Checkpoint of an align run (mlp, after one step)"]
+    assert header == ["checkpoint", "total MB", "weights MB", "save s"]
+    assert [row[0] for row in rows] == ["whole accelerate state", "lean (train())"]

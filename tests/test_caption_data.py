@@ -11,9 +11,11 @@ import PIL.Image
 import pytest
 from datasets import Dataset, Image
 
+import caption_data
 from caption_data import (
     CAPTION_FEATURES,
     SHAPES_SPLIT_SIZES,
+    CaptionDataError,
     load_caption_dataset,
     load_captions,
     load_coco_karpathy,
@@ -162,6 +164,44 @@ def test_coco_karpathy_missing_image_folder(coco):
     assert len(dataset) == 2
 
 
+def test_coco_karpathy_image_root_is_checked_before_the_split_file_is_loaded(coco, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("load_dataset was called")
+
+    monkeypatch.setattr(caption_data, "load_dataset", no_loading)
+    layout = re.escape(caption_data.COCO_LAYOUT)
+    missing = tmp_path / "no" / "coco"
+    with pytest.raises(CaptionDataError, match=f"^The COCO image root {missing} does not exist; pass the directory "
+                       f"laid out as {layout}\\.$"):  # fmt: skip
+        load_captions("coco-karpathy", "test", image_root=str(missing))
+    with pytest.raises(CaptionDataError, match="parquet is not a directory"):
+        load_coco_karpathy(str(coco["parquet"]), "test")
+    with pytest.raises(
+        CaptionDataError,
+        match=f"val2014 has neither train2014/ nor val2014/; expected {layout}\\. It looks like an image folder "
+        f"itself: pass its parent, {re.escape(str(coco['root']))}\\.$",
+    ):
+        load_coco_karpathy(str(coco["root"] / "val2014"), "test")
+
+
+def test_coco_karpathy_drops_null_references_and_refuses_rows_without_any(coco, tmp_path):
+    rows = Dataset.from_parquet(str(coco["parquet"])).to_dict()
+    rows["sentences"] = [["a man riding a bike.", None, " "], [None], ["food."]]
+    parquet = tmp_path / "nulls.parquet"
+    Dataset.from_dict(rows).to_parquet(parquet)
+    with pytest.raises(CaptionDataError) as error:
+        load_coco_karpathy(str(coco["root"]), "test", str(parquet), cache_dir=str(coco["cache"]))
+    assert str(error.value) == (
+        f"Dataset {str(parquet)!r} (test) has 1 of 3 rows without any reference caption in column 'sentences' (null, "
+        "empty, or only null or blank entries): row 1 (id '522418', COCO_val2014_000000522418.jpg). Give each of them "
+        "a caption in the metadata, or remove those rows from it."
+    )
+    rows["sentences"][1] = ["a woman cutting a cake.", None]
+    Dataset.from_dict(rows).to_parquet(parquet)
+    dataset = load_coco_karpathy(str(coco["root"]), "test", str(parquet), cache_dir=str(coco["cache"]))
+    assert dataset["captions"] == [["a man riding a bike."], ["a woman cutting a cake."], ["food."]]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Generic image-caption datasets
 
@@ -207,6 +247,48 @@ def test_imagefolder_with_several_captions_and_ids(tmp_path):
     assert dataset["image_id"] == ["0", "1"]
     with pytest.raises(ValueError, match="no column \\['caption'\\]"):
         load_caption_dataset(str(folder), "train", cache_dir=str(tmp_path / "cache"))
+
+
+def test_imagefolder_null_and_blank_references_are_dropped(tmp_path):
+    records = [
+        {"file_name": "a.png", "caption": ["a cat.", None, "  "]},
+        {"file_name": "b.png", "caption": [None, "a dog."]},
+    ]
+    folder = make_imagefolder(tmp_path / "nulls", records)
+    dataset = load_caption_dataset(str(folder), "train", cache_dir=str(tmp_path / "cache"))
+    assert dataset["captions"] == [["a cat."], ["a dog."]]
+
+
+@pytest.mark.parametrize(
+    ("captions", "refused"),
+    [
+        (["a cat.", None, "a dog.", ""], "2 of 4 rows without any reference caption in column 'caption' (null, empty, "
+         "or only null or blank entries): row 1 (id '1', b.png), row 3 (id '3', d.png)."),
+        ([["a cat.", None], None, [None], [], [" "], ["a dog."], None, None], "6 of 8 rows without any reference "
+         "caption in column 'caption' (null, empty, or only null or blank entries): row 1 (id '1', b.png), row 2 "
+         "(id '2', c.png), row 3 (id '3', d.png), row 4 (id '4', e.png), row 6 (id '6', g.png) and 1 more."),
+    ],
+)  # fmt: skip
+def test_imagefolder_rows_without_references_are_refused(captions, refused, tmp_path):
+    records = [{"file_name": f"{'abcdefgh'[i]}.png", "caption": caption} for i, caption in enumerate(captions)]
+    folder = make_imagefolder(tmp_path / "refused", records)
+    with pytest.raises(CaptionDataError) as error:
+        load_captions(str(folder), "train", cache_dir=str(tmp_path / "cache"))
+    assert str(error.value) == (
+        f"Dataset {str(folder)!r} (train) has {refused} Give each of them a caption in the metadata, or remove those "
+        "rows from it."
+    )
+    # The first row has a caption: keeping only it loads.
+    assert load_captions(str(folder), "train", max_samples=1, cache_dir=str(tmp_path / "cache"))["captions"] == [
+        ["a cat."]
+    ]
+
+
+def test_caption_column_of_numbers_is_refused(tmp_path):
+    folder = make_imagefolder(tmp_path / "numbers", [{"file_name": "a.png", "caption": "a cat.", "photo": 17}])
+    with pytest.raises(CaptionDataError, match="^Column 'photo' must hold a caption or a list of captions per row, "
+                       "not 17; choose the caption column with `caption_column`.$"):  # fmt: skip
+        load_caption_dataset(str(folder), "train", caption_column="photo", cache_dir=str(tmp_path / "cache"))
 
 
 def test_dataset_with_path_column_and_custom_image_column(tmp_path):

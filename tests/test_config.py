@@ -1,7 +1,10 @@
 """VLMConfig: defaults from seed 000, serialisation, and errors that name the field, the value and the fix."""
 
+import re
+
 import pytest
 from transformers import AutoConfig, Qwen2Config, SiglipVisionConfig
+from transformers.activations import ACT2FN
 
 from configuration_vlm import VLMConfig
 
@@ -42,6 +45,14 @@ def test_round_trip_through_json(tmp_path):
         ({"vision_feature_layer": 12}, r"vision_feature_layer=12 is invalid; it must be an integer in \[-13, 11\]"),
         ({"projector_dropout": 1.0}, r"projector_dropout=1.0 is invalid; it must be in \[0, 1\)"),
         ({"vision_config": {"hidden_size": 8}}, r"`vision_config` must be a PretrainedConfig or a dict with a 'model_type' key"),
+        (
+            {"projector_hidden_act": "nonsense"},
+            re.escape(
+                f"projector_hidden_act='nonsense' is invalid; choose one of {', '.join(map(repr, sorted(ACT2FN)))} "
+                "(the keys of transformers.activations.ACT2FN)."
+            ),
+        ),
+        ({"projector_type": "linear", "projector_hidden_act": None}, r"projector_hidden_act=None is invalid"),
     ],
 )
 def test_invalid_values_raise(kwargs, message):

@@ -1,10 +1,15 @@
-"""`python eval.py`: batched captioning, outputs, comparison table, attention maps and the gallery, offline."""
+"""`python eval.py`: batched captioning, outputs, comparison table, attention maps and the gallery, offline; user
+mistakes (a missing model path, an unknown tiny projector, a missing image root) end with a message, not a traceback."""
 
 import json
+import os
 
+import pytest
 from PIL import Image
 
+import caption_data
 import eval as vlm_eval
+import visualize as layout
 from caption_metrics import COCO_CAPTION_METRICS
 from tiny_vlm import build_tiny_vlm
 
@@ -23,9 +28,19 @@ def test_cli_end_to_end_writes_every_output(tmp_path):
     assert [row["projector"] for row in rows] == ["mlp", "qformer"]
     assert [row["image_tokens"] for row in rows] == [16, 8]
     ids = [f"shapes-test-{index:05d}" for index in range(3)]
-    # The mlp's saliency overlays are 224 px squares; the tiny qformer's grids have one 96 px tile per query (8) and
-    # per row: its one cross-attending layer, then the mean over layers.
-    picture_sizes = {vlm_eval.file_slug(str(saved)): (224, 224), "tiny_qformer": (8 * 96, 2 * 96)}
+    # The mlp's saliency picture: the image and its overlay side by side, a colour bar, the caption under them. The
+    # tiny qformer's grid: row labels, the image then one tile per query (8), a colour bar; one row for its one
+    # cross-attending layer, one for the mean over layers.
+    margin, gap, bar, top = layout.MARGIN, layout.GAP, layout.COLOUR_BAR_AREA, layout.SHEET_TOP
+    saliency_size = (
+        margin + 2 * (layout.SALIENCY_SIZE + gap) + bar,
+        top + layout.SALIENCY_SIZE + gap + layout.SALIENCY_CAPTION_LINES * layout.LINE_HEIGHT + margin,
+    )
+    grid_size = (
+        margin + layout.ROW_LABEL_WIDTH + (1 + 8) * (layout.ATTENTION_TILE + gap) + bar,
+        top + 2 * (layout.ATTENTION_TILE + gap) + margin,
+    )
+    picture_sizes = {vlm_eval.file_slug(str(saved)): saliency_size, "tiny_qformer": grid_size}
     for slug, size in picture_sizes.items():
         predictions = json.loads((output_dir / f"predictions_{slug}.json").read_text())
         assert [p["image_id"] for p in predictions] == ids and all(isinstance(p["caption"], str) for p in predictions)
@@ -38,8 +53,70 @@ def test_cli_end_to_end_writes_every_output(tmp_path):
     assert str(saved) in table and "tiny:qformer" in table and "CIDEr" in table and "papers report CIDEr x 100" in table
     gallery = (output_dir / "gallery.html").read_text()
     assert all(f'id="{image_id}"' in gallery for image_id in ids)
-    assert str(saved) in gallery and "tiny:qformer" in gallery
+    assert "<p>shapes, test split: 3 of 3 images (scores on all 3)</p>" in gallery
+    for row in rows:
+        scores = f"CIDEr {row['CIDEr']:.4f} · METEOR {row['METEOR']:.4f} · BLEU-4 {row['BLEU-4']:.4f}"
+        assert f"<li>{row['model']}: {scores} · ROUGE-L {row['ROUGE-L']:.4f}</li>" in gallery
     with Image.open(output_dir / "contact_sheet.png") as sheet:
-        # A 128 px thumbnail and 8 px gap, then 220 px per column (ground truth and both models); a 20 px header,
-        # then one 136 px row per image.
-        assert sheet.size == (128 + 8 + 3 * 220, 20 + 3 * 136)
+        # Margins around a thumbnail column and three caption columns (ground truth and both models); a title line,
+        # one score line per model and the CIDEr-scale note, the column names, then one row per image.
+        assert sheet.size == (
+            3 * margin + layout.CONTACT_SHEET_THUMBNAIL + 3 * layout.CONTACT_SHEET_COLUMN_WIDTH,
+            margin + layout.TITLE_LINE_HEIGHT + (2 + 1) * layout.LINE_HEIGHT + gap + layout.CONTACT_SHEET_HEADER_HEIGHT
+            + 3 * layout.CONTACT_SHEET_ROW_HEIGHT + margin,
+        )  # fmt: skip
+
+
+def refuse_loading(*args, **kwargs):
+    raise AssertionError("nothing may be loaded before the arguments are checked")
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./missing-model", "runs/stage2/final", "~/no-such-model-dir"])
+def test_a_missing_model_path_is_refused_before_anything_is_loaded(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vlm_eval, "load_captions", refuse_loading)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        vlm_eval.main(["--model", "tiny:mlp", "--model", name, "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: --model {name}: {os.path.expanduser(name)} does not exist; pass a saved model directory, a Hub id "
+        "like user/name, or tiny:<projector>.\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_path_that_is_a_file_and_an_unknown_tiny_projector_are_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vlm_eval, "load_captions", refuse_loading)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    for name, problem in (
+        (str(weights), f"{weights} is not a directory; pass a saved model directory, a Hub id like user/name, or "
+         "tiny:<projector>."),
+        ("tiny:transformer", "unknown projector 'transformer'; choose one of tiny:linear, tiny:mlp, tiny:qformer, "
+         "tiny:perceiver."),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            vlm_eval.main(["--model", name])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.endswith(f"error: --model {name}: {problem}\n")
+
+
+def test_what_may_be_a_model_is_let_through(tmp_path):
+    for name in ("user/name", "gpt2", "tiny:perceiver", str(tmp_path)):
+        assert vlm_eval.model_error(name) is None
+
+
+def test_a_missing_image_root_is_refused_before_the_hub_is_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(caption_data, "load_dataset", refuse_loading)
+    missing = tmp_path / "coco"
+    with pytest.raises(SystemExit) as exit_info:
+        vlm_eval.main(
+            ["--model", "tiny:mlp", "--dataset", "coco-karpathy", "--image_root", str(missing), "--output_dir",
+             str(tmp_path / "out")]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: The COCO image root {missing} does not exist; pass the directory laid out as "
+        f"{caption_data.COCO_LAYOUT}.\n"
+    )
+    assert not (tmp_path / "out").exists()

@@ -1,12 +1,16 @@
 """VLMForConditionalGeneration: shapes, loss, image merging, generation, and what passes through to the towers."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 from captioning import caption_messages
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration
+from processing_vlm import IS_TRANSFORMERS_4
 from tiny_vlm import build_tiny_vlm
 
 
@@ -104,6 +108,104 @@ def test_text_only_batch(images):
     assert outputs.logits.shape[:2] == batch["input_ids"].shape and outputs.image_hidden_states is None
     generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_empty_input_raises(images):
+    """An empty prompt used to fail inside Qwen's attention (forward, 5.x generate) or with an IndexError (4.57)."""
+    model, processor = build_tiny_vlm("mlp")
+    empty = processor(text=[""], return_tensors="pt")
+    assert empty["input_ids"].shape == (1, 0)
+    message = (
+        "The input is empty (0 tokens); pass a prompt of at least one token, e.g. built with "
+        "processor.apply_chat_template(...) and the processor."
+    )
+    with pytest.raises(ValueError) as error:
+        model(**empty)
+    assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        model.generate(**empty, max_new_tokens=3)
+    assert str(error.value) == message
+
+
+def test_input_longer_than_max_position_embeddings_raises(images):
+    """Such inputs used to run on, past the positions the language model was trained for."""
+    model, processor = build_tiny_vlm("mlp", text_config={"max_position_embeddings": 64})
+    too_long = processor(images=images[:1], text=["<image>" + " red" * 60], return_tensors="pt")
+    length = too_long["input_ids"].shape[1]
+    assert length > 64
+    with pytest.raises(ValueError) as error:
+        model(**too_long)
+    assert str(error.value) == (
+        f"The input is {length} tokens long but the language model handles at most 64 "
+        "(text_config.max_position_embeddings); shorten the text or pass fewer images (each takes 16 tokens)."
+    )
+
+    prompt = caption_batch(processor, images[:1])
+    prompt_length = prompt["input_ids"].shape[1]
+    with torch.no_grad():
+        cache = model(**prompt, use_cache=True).past_key_values
+        with pytest.raises(ValueError) as error:
+            model(input_ids=torch.full((1, 65 - prompt_length), 100), past_key_values=cache)
+        assert str(error.value).startswith(
+            f"The input is 65 tokens long ({prompt_length} cached + {65 - prompt_length} new) but the language model "
+            "handles at most 64 (text_config.max_position_embeddings)"
+        )
+        last_step = model(input_ids=torch.full((1, 64 - prompt_length), 100), past_key_values=cache)
+    assert last_step.logits.shape[1] == 64 - prompt_length and cache.get_seq_length() == 64
+
+
+def test_generation_past_max_position_embeddings_is_refused_before_it_starts(images):
+    model, processor = build_tiny_vlm("mlp", text_config={"max_position_embeddings": 64})
+    batch = caption_batch(processor, images[:1])
+    prompt_length = batch["input_ids"].shape[1]
+    room = 64 - prompt_length
+    with pytest.raises(ValueError) as error:
+        model.generate(**batch, max_new_tokens=room + 1, do_sample=False)
+    assert str(error.value) == (
+        f"Generation could reach 65 tokens (a {prompt_length}-token prompt and up to {room + 1} new tokens) but the "
+        "language model handles at most 64 (text_config.max_position_embeddings); "
+        f"set max_new_tokens to at most {room}."
+    )
+    generated = model.generate(**batch, max_new_tokens=room, min_new_tokens=room, do_sample=False)
+    assert generated.shape == (1, 64)
+
+
+def bias_towards_image_token(model: VLMForConditionalGeneration) -> None:
+    """Adds 100 to the image token's logit everywhere, so that it is the argmax and near-certain when sampling."""
+    bias = torch.zeros(model.config.text_config.vocab_size)
+    bias[model.config.image_token_id] = 100.0
+    model.get_output_embeddings().register_forward_hook(lambda module, args, output: output + bias)
+
+
+def assert_image_token_is_never_generated(model: VLMForConditionalGeneration, batch) -> None:
+    prompt_length = batch["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(**batch).logits[:, -1]
+    assert (logits.argmax(dim=-1) == model.config.image_token_id).all()
+    torch.manual_seed(0)
+    for options in ({"do_sample": False}, {"do_sample": True}, {"do_sample": True, "top_k": 0}, {"num_beams": 2}):
+        generated = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, **options)
+        assert generated.shape[1] == prompt_length + 6
+        assert model.config.image_token_id not in generated[:, prompt_length:].flatten().tolist(), options
+
+
+def test_image_token_is_never_generated(tmp_path, images):
+    """Without `suppress_tokens` the image token would be generated, and the next step would fail for lack of pixels."""
+    model, processor = build_tiny_vlm("qformer")
+    assert model.generation_config.suppress_tokens == [model.config.image_token_id]
+    assert VLMForConditionalGeneration(model.config).generation_config.suppress_tokens == [model.config.image_token_id]
+    batch = caption_batch(processor, images[:2])
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert saved["suppress_tokens"] == [model.config.image_token_id]
+
+    bias_towards_image_token(model)
+    assert_image_token_is_never_generated(model, batch)
+    auto_classes = ["AutoModelForImageTextToText"] + (["AutoModelForVision2Seq"] if IS_TRANSFORMERS_4 else [])
+    for auto_class in auto_classes:
+        reloaded = getattr(transformers, auto_class).from_pretrained(tmp_path, trust_remote_code=True)
+        bias_towards_image_token(reloaded)
+        assert_image_token_is_never_generated(reloaded, batch)
 
 
 @pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
@@ -247,8 +349,18 @@ def test_real_size_projectors_match_seed_000():
     assert counts["perceiver"] == 64 * vision + 2 * perceiver_layer + 2 * vision + vision * text + text
 
 
-def test_from_pretrained_backbones_with_local_directories(tmp_path, images):
-    """The real-recipe builder, on local tiny checkpoints: towers keep their weights, the image token is added."""
+def test_from_pretrained_backbones_with_local_directories(tmp_path, images, monkeypatch):
+    """
+    The real-recipe builder, on local tiny checkpoints: towers keep their weights, the image token is added and never
+    generated, and the image processor is the PIL one whether or not torchvision is installed.
+    """
+    image_processor_requests, original_from_pretrained = [], transformers.AutoImageProcessor.from_pretrained
+
+    def load_image_processor(*args, **kwargs):
+        image_processor_requests.append(kwargs)
+        return original_from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", load_image_processor)
     tiny, tiny_processor = build_tiny_vlm("mlp", seed=3)
     tiny.vision_tower.save_pretrained(tmp_path / "vision")
     tiny_processor.image_processor.save_pretrained(tmp_path / "vision")
@@ -260,6 +372,9 @@ def test_from_pretrained_backbones_with_local_directories(tmp_path, images):
         vision=tmp_path / "vision", text=tmp_path / "text", projector_type="perceiver", image_token="<img>", perceiver_num_heads=2
     )
     assert processor.image_token == "<img>" and processor.num_image_tokens == model.config.num_image_tokens == 64
+    assert image_processor_requests == [{"use_fast": False} if IS_TRANSFORMERS_4 else {"backend": "pil"}]
+    assert type(processor.image_processor).__name__ == type(tiny_processor.image_processor).__name__
+    assert model.generation_config.suppress_tokens == [model.config.image_token_id]
     assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<img>") == len(tokenizer)
     assert model.get_input_embeddings().num_embeddings >= len(processor.tokenizer)
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -272,5 +387,7 @@ def test_from_pretrained_backbones_with_local_directories(tmp_path, images):
     prompt = processor.apply_chat_template(caption_messages(), add_generation_prompt=True)
     assert "<img>" in prompt
     batch = processor(images=images[:1], text=[prompt], return_tensors="pt")
+    tiny_pixels = tiny_processor(images=images[:1], text=["<image>"], return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"], tiny_pixels)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()

@@ -1,5 +1,12 @@
 """VLMProcessor: SigLIP preprocessing, image-token expansion, chat template, labels, input checks."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +73,62 @@ def test_numpy_and_tensor_images_equal_pil(processor, images):
     assert grayscale["pixel_values"].shape == (1, 3, 32, 32)
 
 
+EIGHT_BIT_RAMP = np.tile(np.arange(256), (4, 1))  # (4, 256): 0, 1, ..., 255 on every row
+SIXTEEN_BIT_RAMP = EIGHT_BIT_RAMP * 257  # 0, 257, ..., 65535: the same grey levels with 16 bits
+
+
+def sixteen_bit_pil(mode: str, dtype: str) -> Image.Image:
+    return Image.frombytes(mode, (256, 4), SIXTEEN_BIT_RAMP.astype(dtype).tobytes())
+
+
+@pytest.mark.parametrize(
+    "make_image",
+    [
+        pytest.param(lambda: sixteen_bit_pil("I;16", "<u2"), id="PIL I;16"),
+        pytest.param(lambda: sixteen_bit_pil("I;16B", ">u2"), id="PIL I;16B"),
+        pytest.param(lambda: sixteen_bit_pil("I;16L", "<u2"), id="PIL I;16L"),
+        pytest.param(lambda: sixteen_bit_pil("I;16N", "=u2"), id="PIL I;16N"),
+        pytest.param(lambda: Image.fromarray(SIXTEEN_BIT_RAMP.astype(np.int32)), id="PIL I above 255"),
+        pytest.param(lambda: Image.fromarray(EIGHT_BIT_RAMP.astype(np.int32)), id="PIL I within 255"),
+        pytest.param(lambda: Image.fromarray((EIGHT_BIT_RAMP / 255).astype(np.float32)), id="PIL F within 0-1"),
+        pytest.param(lambda: Image.fromarray(EIGHT_BIT_RAMP.astype(np.float32)), id="PIL F within 0-255"),
+        pytest.param(lambda: SIXTEEN_BIT_RAMP.astype(np.uint16), id="numpy uint16"),
+        pytest.param(lambda: np.stack([SIXTEEN_BIT_RAMP.astype(np.uint16)] * 3, axis=-1), id="numpy uint16 RGB"),
+        pytest.param(lambda: torch.from_numpy(SIXTEEN_BIT_RAMP).to(torch.uint16), id="torch uint16"),
+        pytest.param(lambda: torch.from_numpy(SIXTEEN_BIT_RAMP), id="torch int64 above 255"),
+        pytest.param(lambda: EIGHT_BIT_RAMP / 255, id="numpy float64 within 0-1"),
+        pytest.param(lambda: torch.from_numpy(EIGHT_BIT_RAMP / 255).float().expand(3, 4, 256), id="torch float CHW"),
+    ],
+)
+def test_wide_and_float_pixels_are_scaled_to_eight_bits(make_image):
+    """16-bit and float images keep their grey levels: a 0-65535 (or 0-1) ramp becomes the 0-255 ramp, exactly."""
+    rgb = np.asarray(to_rgb_image(make_image()))
+    assert rgb.shape == (4, 256, 3)
+    assert (rgb == EIGHT_BIT_RAMP[..., None]).all()
+    assert rgb.mean() == 127.5  # clipping made the 16-bit ramp 99.6 % white, and the 0-1 float one black
+
+
+def test_float_pixels_above_one_are_read_as_eight_bit_values():
+    values = np.array([[0.0, 0.4, 0.6, 254.6, 255.0]] * 2, dtype=np.float32)
+    for image in (Image.fromarray(values), values, torch.from_numpy(values)):
+        assert np.asarray(to_rgb_image(image))[0, :, 0].tolist() == [0, 0, 1, 255, 255]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.array([[-1.0, 0.0, 1.0]], dtype=np.float32), r"Image values lie in \[-1, 1\]; float pixels must lie in"),
+        (np.array([[0.0, 300.0]], dtype=np.float32), r"lie in \[0, 300\]; float pixels must lie in \[0, 1\] or"),
+        (np.array([[0, 70000]], dtype=np.int64), r"lie in \[0, 70000\]; integer pixels must lie in \[0, 255\] or"),
+    ],
+)
+def test_pixels_no_rule_can_read_are_refused(values, message):
+    """Normalised pixels (SigLIP's are in [-1, 1]) passed by mistake must not be silently clipped."""
+    for image in (values, torch.from_numpy(values)):
+        with pytest.raises(ValueError, match=message):
+            to_rgb_image(image)
+
+
 def test_image_and_token_count_mismatch_raises(processor, images):
     with pytest.raises(ValueError, match=r"The text has 1 image tokens \('<image>'\) but 2 images were given"):
         processor(images=images[:2], text=["<image>caption"])
@@ -88,6 +151,61 @@ def test_unreadable_image_raises(processor, tmp_path):
     truncated.write_bytes(buffer.read_bytes()[:60])
     with pytest.raises(ValueError, match="truncated.png"):
         processor(images=[str(truncated)], text=["<image>"])
+
+
+def test_empty_videos_and_audio_are_accepted(processor, images):
+    """lmms-eval's chat model passes `videos=[]` and `audios=[]` (plural) along with the images."""
+    texts = ["<image>A red picture.", "<image>A blue one."]
+    reference = processor(images=images[:2], text=texts, padding=True, return_tensors="pt")
+    for empty in ({"videos": [], "audios": []}, {"videos": None, "audio": []}, {"audio": None, "audios": ()}):
+        batch = processor(text=texts, padding=True, return_tensors="pt", images=images[:2], **empty)
+        assert batch.keys() == reference.keys()
+        for name in reference:
+            assert torch.equal(batch[name], reference[name]), name
+
+
+@pytest.mark.parametrize("name", ["videos", "audio", "audios"])
+def test_non_empty_videos_or_audio_raise(processor, name):
+    with pytest.raises(ValueError) as error:
+        processor(text=["Hello."], **{name: [np.zeros((2, 8, 8, 3), dtype=np.uint8)]})
+    assert str(error.value) == (
+        f"VLMProcessor handles images and text only, but `{name}` is not empty; leave `{name}` out or pass None or an "
+        "empty list."
+    )
+
+
+NO_WARNING_SCRIPT = textwrap.dedent(
+    """
+    import json, logging
+    import transformers
+    from PIL import Image
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)  # every transformers module logs below this one
+
+    from tiny_vlm import build_tiny_vlm
+
+    model, processor = build_tiny_vlm("mlp")
+    processor(images=[Image.new("RGB", (40, 30), (200, 20, 20))], text=["<image>A red picture."], return_tensors="pt")
+    print("WARNINGS" + json.dumps([record.getMessage() for record in records if record.levelno >= logging.WARNING]))
+    """
+)
+
+
+def test_building_and_running_the_tiny_processor_logs_no_warning():
+    """
+    Without torchvision, transformers 5.x warns once per process, and at import time, when `SiglipImageProcessor` is
+    touched; the tiny builders name the PIL backend instead. A fresh process, since the warning is logged only once.
+    """
+    repo_root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    process = subprocess.run(
+        [sys.executable, "-c", NO_WARNING_SCRIPT], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert json.loads(process.stdout.split("WARNINGS", 1)[1]) == []
 
 
 def test_chat_template_is_qwen_chatml_with_image_parts(processor):

@@ -15,6 +15,7 @@ import train_accelerate
 from tiny_runs import CONFIGS, REPO_ROOT, tiny_args
 from training import train
 from training.checkpointing import latest_checkpoint
+from training.model_setup import build_model
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path):
@@ -100,3 +101,34 @@ def test_shipped_configs_are_valid():
     assert {name: str(kind).split(".")[-1] for name, kind in kinds.items()} == {
         "cpu": "MULTI_GPU", "single_gpu": "NO", "multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"
     }
+
+
+def test_help_lists_every_option_with_its_help(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        train_accelerate.main(["--help"])
+    assert exit_code.value.code == 0
+    printed = capsys.readouterr().out
+    for option in ("--config", "--compare", "--model_config", "--overwrite_output_dir", "--max_caption_tokens"):
+        assert option in printed, option
+    assert [action.dest for action in train_accelerate.build_parser()._actions if not action.help] == []
+
+
+def test_model_config_sets_projector_settings_from_yaml_or_json(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "model: tiny\nprojector_type: perceiver\nmodel_config:\n  perceiver_num_latents: 4\n  perceiver_num_layers: 1\n"
+    )
+    args = train_accelerate.parse_args([], tmp_path / "run.yaml")
+    assert args.model_config == {"perceiver_num_latents": 4, "perceiver_num_layers": 1}
+    model, _ = build_model(args)
+    assert (model.config.num_image_tokens, len(model.multi_modal_projector.layers)) == (4, 1)
+    flags = ["--model", "tiny", "--model_config", '{"qformer_num_queries": 3}', "--projector_type", "qformer"]
+    assert build_model(train_accelerate.parse_args(flags))[0].config.num_image_tokens == 3
+
+    with pytest.raises(ValueError, match=r"model_config has unknown keys \['perceiver_latents'\]"):
+        train_accelerate.parse_args(["--model", "tiny", "--model_config", '{"perceiver_latents": 4}'])
+    flags = ["--model", "tiny", "--projector_type", "perceiver", "--model_config", '{"perceiver_num_heads": 3}']
+    with pytest.raises(ValueError, match=r"perceiver_num_heads=3 is invalid; it must divide the vision hidden size"):
+        build_model(train_accelerate.parse_args(flags))
+    flags = ["--model_name_or_path", str(tmp_path), "--model_config", '{"qformer_num_queries": 3}']
+    with pytest.raises(ValueError, match="would change the projector of the saved model"):
+        train_accelerate.parse_args(flags)

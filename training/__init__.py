@@ -6,7 +6,9 @@ Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Acce
 - `model_setup`: the model source, the freeze stage (`align`, `finetune`, `lora`), AdamW and the schedule;
 - `data`: caption examples, the collator, the training loader and the evaluation set;
 - `feature_cache`: the on-disk cache of a frozen vision tower's features;
-- `checkpointing`: atomic checkpoints, rotation, resume, the best and final models;
+- `integrity`: checksum manifests and the frozen weights' reference, what makes a checkpoint safe to resume;
+- `checkpointing`: the output directory, lean atomic checkpoints, rotation, verified resume;
+- `saved_models`: the final model and `best/`;
 - `telemetry`: what is logged while training;
 - `evaluation`: validation loss and COCO caption metrics during training;
 - `model_card`: the model card of a run and the Hub upload;

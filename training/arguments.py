@@ -4,6 +4,8 @@
 ([`load_yaml_config`]); `train_accelerate.py` applies command-line flags over them.
 """
 
+import inspect
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -11,10 +13,18 @@ from typing import Any
 import yaml
 
 from captioning import CAPTION_PROMPT
-from configuration_vlm import PROJECTOR_TYPES
+from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 
 
 FREEZE_STAGES = ("align", "finetune", "lora")
+DEFAULT_MAX_CAPTION_TOKENS = 64
+# The `VLMConfig` settings a run may choose in `model_config`: the projector's; the towers come from the model source.
+MODEL_CONFIG_KEYS = tuple(
+    name
+    for name in inspect.signature(VLMConfig.__init__).parameters
+    if name not in ("self", "kwargs", "vision_config", "text_config", "projector_type", "vision_feature_layer")
+    and not name.startswith("image_token")
+)
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -31,6 +41,13 @@ class VLMTrainingArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved VLM to continue training."})
     projector_type: str = field(default="mlp", metadata={"help": f"One of {', '.join(PROJECTOR_TYPES)}."})
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Vision layer the projector reads."})
+    model_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Projector settings of a new model (VLMConfig fields such as perceiver_num_latents, "
+            "qformer_num_layers): a mapping in YAML, a JSON object on the command line."
+        },
+    )
 
     # Which weights train.
     stage: str = field(
@@ -38,9 +55,9 @@ class VLMTrainingArguments:
         metadata={"help": "align: projector only; finetune: projector + LLM; lora: projector + LoRA on the LLM."},
     )
     unfreeze_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (no feature cache)."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = field(default=16, metadata={"help": "Rank of the LoRA adapters (stage lora)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator: updates are scaled by alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA adapters' input."})
     lora_target_modules: str = field(
         default=LORA_TARGET_MODULES, metadata={"help": "Regex of the LoRA-adapted modules (language model only)."}
     )
@@ -48,74 +65,84 @@ class VLMTrainingArguments:
     # Data.
     dataset: str = field(default="shapes", metadata={"help": '"shapes" (offline), "coco-karpathy", or a dataset.'})
     image_root: str | None = field(default=None, metadata={"help": "COCO 2014 image root for coco-karpathy."})
-    train_split: str = "train"
-    eval_split: str = "validation"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    image_column: str = "image"
-    caption_column: str = "caption"
-    id_column: str | None = None
-    prompt: str = CAPTION_PROMPT
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on after every epoch."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N images only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
+    image_column: str = field(default="image", metadata={"help": "Image column of a generic dataset."})
+    caption_column: str = field(default="caption", metadata={"help": "Caption column of a generic dataset."})
+    id_column: str | None = field(default=None, metadata={"help": "Image-id column of a generic dataset (row index)."})
+    prompt: str = field(default=CAPTION_PROMPT, metadata={"help": "The user turn that asks for the caption."})
+    max_caption_tokens: int = field(
+        default=DEFAULT_MAX_CAPTION_TOKENS,
+        metadata={"help": "Training and validation captions are cut to this many tokens."},
+    )
 
     # Optimisation.
-    num_train_epochs: int = 10
+    num_train_epochs: int = field(default=10, metadata={"help": "Epochs over the training images."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps; overrides num_train_epochs when > 0."})
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 64
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training images per process and step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation images per process and batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of every component."})
     projector_lr: float | None = field(default=None, metadata={"help": "Defaults to learning_rate."})
     llm_lr: float | None = field(default=None, metadata={"help": "Defaults to learning_rate."})
     vision_lr: float | None = field(default=None, metadata={"help": "Defaults to learning_rate."})
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradients are clipped to this global norm."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers' get_scheduler name."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
     warmup_steps: int = field(default=0, metadata={"help": "Overrides warmup_ratio when > 0."})
     mixed_precision: str | None = field(
         default=None, metadata={"help": "no, fp16 or bf16; defaults to the `accelerate launch` configuration."}
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     use_cpu: bool = field(
         default=False,
         metadata={
             "help": "Train on CPU; under configs/accelerate/cpu.yaml, several CPU processes train together (gloo)."
         },
     )
-    seed: int = 0
-    dataloader_num_workers: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of the projector's initialisation and the data order."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes that load the data."})
 
     # Vision feature cache (frozen vision tower only).
-    cache_vision_features: bool = True
-    feature_cache_dir: str = "outputs/feature_cache"
+    cache_vision_features: bool = field(
+        default=True, metadata={"help": "Compute a frozen tower's features once and read them from disk after."}
+    )
+    feature_cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "Where the features are kept."})
 
     # Evaluation.
     eval_strategy: str = field(default="epoch", metadata={"help": '"epoch": after every epoch; "no": never.'})
     eval_before_training: bool = field(default=False, metadata={"help": "Also evaluate the untrained model."})
     predict_with_generate: bool = field(default=True, metadata={"help": "Caption the eval split and score it."})
-    max_new_tokens: int = 64
-    metric_for_best_model: str = "CIDEr"
-    num_sample_captions: int = 6
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated caption, in tokens."})
+    metric_for_best_model: str = field(default="CIDEr", metadata={"help": "Metric that picks output_dir/best."})
+    num_sample_captions: int = field(default=6, metadata={"help": "Generated captions shown in the model card."})
 
     # Checkpoints and outputs.
-    output_dir: str = "outputs/vlm"
-    save_steps: int = 500
-    save_total_limit: int = 2
+    output_dir: str = field(default="outputs/vlm", metadata={"help": "Where the run writes everything."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds a run: its checkpoints and results are removed."},
+    )
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N optimizer steps (0: never)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept; the oldest go first."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": '"latest" or a checkpoint directory.'})
 
     # Logging.
     report_to: str = field(
         default="tensorboard", metadata={"help": 'Comma-separated trackers, e.g. "wandb", or "none".'}
     )
-    logging_steps: int = 10
-    run_name: str | None = None
+    logging_steps: int = field(default=10, metadata={"help": "Log training metrics every N optimizer steps."})
+    run_name: str | None = field(default=None, metadata={"help": "Trackers' run name; defaults to output_dir's."})
 
     # Hub.
     push_to_hub: str | None = field(default=None, metadata={"help": "Repository id to upload the output dir to."})
-    hub_private_repo: bool = False
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
 
     def __post_init__(self) -> None:
         sources = [
@@ -138,6 +165,37 @@ class VLMTrainingArguments:
             raise ValueError(f"stage={self.stage!r} is invalid; choose one of {FREEZE_STAGES}.")
         if self.eval_strategy not in ("epoch", "no"):
             raise ValueError(f"eval_strategy={self.eval_strategy!r} is invalid; choose 'epoch' or 'no'.")
+        if self.max_caption_tokens < 1:
+            raise ValueError(f"max_caption_tokens={self.max_caption_tokens} is invalid; it must be at least 1.")
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ValueError(
+                "overwrite_output_dir starts afresh and resume_from_checkpoint continues a run: pass one of them."
+            )
+        self.model_config = self._checked_model_config()
+
+    def _checked_model_config(self) -> dict[str, Any]:
+        """`model_config` as a mapping of projector settings; unknown keys raise (their values are checked on build)."""
+        config = self.model_config or {}
+        if isinstance(config, str):
+            try:
+                config = json.loads(config)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"model_config={config!r} is not a JSON object: {error}.") from error
+        if not isinstance(config, dict):
+            raise ValueError(f"model_config must be a mapping of VLMConfig settings, got {config!r}.")
+        unknown = sorted(set(config) - set(MODEL_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(
+                f"model_config has unknown keys {unknown}; the projector settings are {', '.join(MODEL_CONFIG_KEYS)} "
+                "(projector_type and vision_feature_layer have their own fields)."
+            )
+        if config and self.model_name_or_path is not None:
+            raise ValueError(
+                f"model_config {config} would change the projector of the saved model {self.model_name_or_path!r}, "
+                "whose weights fit its own settings: drop model_config, or build a new model from vision_model + "
+                "text_model (or model: tiny)."
+            )
+        return config
 
     @property
     def trackers(self) -> list[str] | None:

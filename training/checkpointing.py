@@ -1,12 +1,16 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
-Checkpoints and saved models of a run:
+The checkpoints of a run:
 
-- [`save_checkpoint`]: `accelerator.save_state` (model, optimizer, scheduler, RNG states) plus the [`TrainerState`],
-  written to `tmp-checkpoint-{step}` and renamed into place, so [`latest_checkpoint`] never picks a half-written one;
-  the oldest are rotated out.
-- [`resume`]: restores a checkpoint into the prepared objects and returns its [`TrainerState`].
-- [`save_model`], [`save_best_model`], [`save_final_model`]: `save_pretrained` directories that the Auto classes load.
+- [`prepare_output_dir`]: an output directory that holds a run is refused unless the new run resumes it or starts
+  afresh (`overwrite_output_dir`, which removes the old run's checkpoints, results and logs first).
+- [`save_checkpoint`]: `accelerator.save_state` (the trainable weights, optimizer, scheduler, RNG states), the
+  [`TrainerState`] (data position, history), a reference to the frozen weights and a checksum manifest, written to
+  `tmp-checkpoint-{step}` and renamed into place, so [`latest_checkpoint`] never picks a half-written one; the oldest
+  are rotated out.
+- [`keep_checkpoints_lean`]: the accelerator's save and load hooks that leave the frozen weights out (they come from
+  the model source, checked by fingerprint); FSDP and DeepSpeed save their own sharded states whole.
+- [`resume`]: verifies a checkpoint (checksums, frozen weights) and restores it into the prepared objects.
 
 `transformers.trainer_utils.get_last_checkpoint` would take any `checkpoint-N` directory; [`latest_checkpoint`] takes
 only complete ones (renamed into place, with a `trainer_state.json`).
@@ -18,17 +22,20 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils.constants import SAFE_MODEL_NAME
+from safetensors.torch import load_file
 from torch import nn
 
-from processing_vlm import VLMProcessor
+from .integrity import CheckpointError, FrozenWeights, verify_manifest, write_manifest
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = "tmp-"  # checkpoints being written or deleted; never picked by `latest`
 TRAINER_STATE_NAME = "trainer_state.json"
-ADAPTER_DIR = "adapter"
-BEST_DIR = "best"
+# What a run writes into its output directory, removed by `overwrite_output_dir` before a fresh start.
+RUN_OUTPUTS = ("checkpoint-*", "tmp-*", "best", "adapter", "logs", "training_results.json", "*.safetensors*")
 
 
 @dataclass
@@ -66,10 +73,17 @@ def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(accelerator: Accelerator, state: TrainerState, output_dir: str, save_total_limit: int) -> str:
+def save_checkpoint(
+    accelerator: Accelerator,
+    state: TrainerState,
+    output_dir: str,
+    save_total_limit: int,
+    frozen: FrozenWeights | None = None,
+) -> str:
     """
-    `accelerator.save_state` (model, optimizer, scheduler, RNG states) plus `trainer_state.json` into
-    `tmp-checkpoint-{step}`, then an atomic rename to `checkpoint-{step}`; keeps the newest `save_total_limit`.
+    `accelerator.save_state` (model, optimizer, scheduler, RNG states), `trainer_state.json`, the `frozen` weights'
+    reference and a checksum manifest into `tmp-checkpoint-{step}`, then an atomic rename to `checkpoint-{step}`; keeps
+    the newest `save_total_limit`.
     """
     name = f"{CHECKPOINT_PREFIX}{state.global_step}"
     temporary, final = os.path.join(output_dir, f"{TMP_PREFIX}{name}"), os.path.join(output_dir, name)
@@ -77,9 +91,13 @@ def save_checkpoint(accelerator: Accelerator, state: TrainerState, output_dir: s
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(temporary)
+    accelerator.wait_for_everyone()  # every process's files are in before the manifest sums them up
     if accelerator.is_main_process:
         with open(os.path.join(temporary, TRAINER_STATE_NAME), "w", encoding="utf-8") as file:
             json.dump(asdict(state), file, indent=2)
+        if frozen is not None:
+            frozen.save(temporary)
+        write_manifest(temporary)
         if os.path.exists(final):
             _remove_checkpoint(final)
         os.replace(temporary, final)
@@ -97,10 +115,13 @@ def _remove_checkpoint(path: str) -> None:
     shutil.rmtree(doomed)
 
 
-def resume(accelerator: Accelerator, checkpoint: str | None, output_dir: str) -> tuple[str | None, TrainerState]:
+def resume(
+    accelerator: Accelerator, checkpoint: str | None, output_dir: str, frozen: FrozenWeights | None = None
+) -> tuple[str | None, TrainerState]:
     """
     Restores the prepared objects from `checkpoint` (`"latest"` in `output_dir`, a directory, or `None` for a fresh
-    start); returns the checkpoint used and the state to continue from.
+    start) after checking its manifest and, with `frozen`, that it was trained on these frozen weights; returns the
+    checkpoint used and the state to continue from.
     """
     if checkpoint == "latest":
         checkpoint = latest_checkpoint(output_dir)
@@ -108,6 +129,13 @@ def resume(accelerator: Accelerator, checkpoint: str | None, output_dir: str) ->
             accelerator.print(f"No checkpoint in {output_dir} yet: starting from scratch.")
     if checkpoint is None:
         return None, TrainerState()
+    if not os.path.isdir(checkpoint):
+        raise CheckpointError(
+            f"resume_from_checkpoint={checkpoint!r} is not a directory; pass a checkpoint directory or 'latest'."
+        )
+    verify_manifest(checkpoint)
+    if frozen is not None:
+        frozen.check(checkpoint)
     accelerator.load_state(checkpoint)
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as file:
         state = TrainerState(**json.load(file))
@@ -115,47 +143,86 @@ def resume(accelerator: Accelerator, checkpoint: str | None, output_dir: str) ->
     return checkpoint, state
 
 
-def save_model(accelerator: Accelerator, model: nn.Module, processor: VLMProcessor, directory: str) -> None:
-    """`save_pretrained` of the model (a `PeftModel` saves its adapter only) and the processor, from every process."""
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
-        processor.save_pretrained(directory)
+def keep_checkpoints_lean(accelerator: Accelerator) -> None:
+    """
+    Registers save and load hooks so that checkpoints hold the trainable parameters only: the frozen ones are left
+    out on save (they come from the model source, see [`~training.integrity.FrozenWeights`]) and kept as they are on
+    load, where the checkpoint must hold exactly the trainable parameters. FSDP and DeepSpeed save their own states.
+    """
+
+    def save_trainable_only(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
+        for model, state_dict in zip(models, weights):
+            trainable = trainable_parameter_names(model)
+            for name in [name for name in state_dict if name not in trainable]:
+                del state_dict[name]
+
+    def load_trainable_only(models: list[nn.Module], input_dir: str) -> None:
+        for index, model in enumerate(models):
+            path = os.path.join(input_dir, f"{SAFE_MODEL_NAME}{f'_{index}' if index else ''}.safetensors")
+            load_trainable_parameters(model, load_file(path), path)
+        models.clear()  # loaded: accelerate must not load them again
+
+    accelerator.register_save_state_pre_hook(save_trainable_only)
+    accelerator.register_load_state_pre_hook(load_trainable_only)
+
+
+def trainable_parameter_names(model: nn.Module) -> set[str]:
+    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def load_trainable_parameters(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Loads `state_dict` into `model`, which must hold exactly `model`'s trainable parameters (read from `source`)."""
+    trainable = trainable_parameter_names(model)
+    if set(state_dict) != trainable:
+        missing, unexpected = sorted(trainable - set(state_dict)), sorted(set(state_dict) - trainable)
+        raise CheckpointError(
+            f"{source} holds other parameters than this run trains (missing: {missing[:5]}, unexpected: "
+            f"{unexpected[:5]}): resume with the stage, projector and LoRA settings it was trained with."
+        )
+    model.load_state_dict(state_dict, strict=False)
+
+
+def prepare_output_dir(accelerator: Accelerator, output_dir: str, overwrite: bool, resuming: bool) -> None:
+    """
+    Refuses to start in an `output_dir` that holds a run (anything in it) unless the run resumes it or `overwrite`
+    starts afresh, in which case the old run's outputs ([`RUN_OUTPUTS`]) are removed first, so that its checkpoints
+    can neither rotate the new ones out nor be resumed by mistake.
+    """
+    holds_a_run = os.path.isdir(output_dir) and any(os.scandir(output_dir))
+    if holds_a_run and not (overwrite or resuming):
+        raise ValueError(
+            f"The output directory {output_dir} already holds a run. Pass --resume_from_checkpoint latest to continue "
+            "it, --overwrite_output_dir to start afresh (its checkpoints, results and logs are removed first), or "
+            "choose another --output_dir."
+        )
+    if holds_a_run and overwrite and accelerator.is_main_process:
+        for pattern in RUN_OUTPUTS:
+            for path in Path(output_dir).glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
     accelerator.wait_for_everyone()
 
 
-def save_best_model(
-    accelerator: Accelerator,
-    model: nn.Module,
-    processor: VLMProcessor,
-    state: TrainerState,
-    record: dict[str, float],
-    metric: str,
-    output_dir: str,
-) -> None:
-    """Saves the model to `output_dir/best` and notes it in `state` when `record[metric]` beats the best so far."""
-    value = record.get(metric)
-    if value is None:
-        return
-    lower_is_better = "loss" in metric
-    if state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric):
-        state.best_metric, state.best_step = value, state.global_step
-        save_model(accelerator, model, processor, os.path.join(output_dir, BEST_DIR))
-
-
-def save_final_model(
-    accelerator: Accelerator, model: nn.Module, processor: VLMProcessor, output_dir: str, merge_adapter: bool
-) -> None:
+@dataclass
+class Checkpointer:
     """
-    The final model in `output_dir`. With `merge_adapter` (the `lora` stage), the adapter goes to `output_dir/adapter`
-    and the model with the adapter merged into its weights to `output_dir`.
+    The checkpoints of a run: one every `save_steps` optimizer steps (0: none) into `output_dir`, the newest
+    `save_total_limit` kept, each referencing the `frozen` weights it was trained on.
     """
-    if not merge_adapter:
-        save_model(accelerator, model, processor, output_dir)
-        return
-    save_model(accelerator, model, processor, os.path.join(output_dir, ADAPTER_DIR))
-    if accelerator.is_main_process:
-        merged = accelerator.unwrap_model(model).merge_and_unload()
-        merged.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-    accelerator.wait_for_everyone()
+
+    accelerator: Accelerator
+    output_dir: str
+    save_steps: int
+    save_total_limit: int
+    frozen: FrozenWeights | None = None
+
+    def due(self, global_step: int) -> bool:
+        return self.save_steps > 0 and global_step % self.save_steps == 0
+
+    def save(self, state: TrainerState) -> str:
+        return save_checkpoint(self.accelerator, state, self.output_dir, self.save_total_limit, self.frozen)
+
+    def resume(self, checkpoint: str | None) -> tuple[str | None, TrainerState]:
+        return resume(self.accelerator, checkpoint, self.output_dir, self.frozen)

@@ -20,7 +20,7 @@ from captioning import CAPTION_PROMPT, caption_messages
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
-from .arguments import VLMTrainingArguments
+from .arguments import DEFAULT_MAX_CAPTION_TOKENS, VLMTrainingArguments
 from .feature_cache import VisionFeatures, load_or_compute_vision_features
 
 
@@ -84,19 +84,23 @@ class CaptionCollator:
     `input_ids` and `attention_mask` `(batch_size, sequence_length)`; `labels` of the same shape on the caption and its
     end-of-turn only (-100 elsewhere); `position_ids` that skip the padding (as `generate` computes them); and
     `pixel_values` `(batch_size, 3, image_size, image_size)` or `vision_features` `(batch_size, num_patches,
-    vision_dim)`. Examples whose image is unreadable are dropped and counted in `num_skipped_images`; a batch where
-    every image is unreadable has no `input_ids`.
+    vision_dim)`. Captions longer than `max_caption_tokens` are cut. Examples whose image is unreadable are dropped and
+    counted in `num_skipped_images`; a batch where every image is unreadable has no `input_ids`.
     """
 
     processor: VLMProcessor
     prompt: str = CAPTION_PROMPT
+    max_caption_tokens: int = DEFAULT_MAX_CAPTION_TOKENS
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         kept = [e for e in examples if e.get("image", e.get("vision_features")) is not None]
         batch: dict[str, Any] = {"num_skipped_images": len(examples) - len(kept)}
         if not kept:
             return batch
-        texts = [self.processor.apply_chat_template(caption_messages(self.prompt, e["caption"])) for e in kept]
+        texts = [
+            self.processor.apply_chat_template(caption_messages(self.prompt, self.truncate(e["caption"])))
+            for e in kept
+        ]
         if "vision_features" in kept[0]:
             # No images to hand the processor: only the placeholders are needed.
             texts = [self.processor.expand_image_tokens(text) for text in texts]
@@ -107,6 +111,26 @@ class CaptionCollator:
         batch["labels"] = self.processor.build_labels(batch["input_ids"])
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return batch
+
+    def truncate(self, caption: str) -> str:
+        """`caption` cut after a token boundary of the original text so that it has at most `max_caption_tokens`."""
+        tokenizer = self.processor.tokenizer
+        keep = self.max_caption_tokens
+        # One token more than is kept tells whether the caption is longer, without tokenizing all of it.
+        encoding = tokenizer(
+            caption, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=keep + 1
+        )
+        offsets = encoding["offset_mapping"]
+        if len(offsets) <= keep:
+            return caption
+
+        def num_tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+        # A cut inside a word can re-tokenize into more pieces than the word had in the whole caption: cut earlier then.
+        while keep > 1 and num_tokens(caption[: offsets[keep - 1][1]]) > self.max_caption_tokens:
+            keep -= 1
+        return caption[: offsets[keep - 1][1]]
 
 
 def collate_images(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -162,6 +186,7 @@ def prepare_data(
     Loads both splits, caches the vision features when the tower is frozen, and builds the training loader (shuffled
     once prepared by an accelerator with the seedable sampler) and the prepared evaluation set.
     """
+    check_sequences_fit(processor, args.prompt, args.max_caption_tokens, vlm.config.text_config.max_position_embeddings)
     with accelerator.main_process_first():
         train_data = load_split(args, args.train_split, args.max_train_samples)
         eval_data = load_split(args, args.eval_split, args.max_eval_samples)
@@ -172,7 +197,7 @@ def prepare_data(
                 features[name] = load_or_compute_vision_features(
                     vlm, processor, data, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
                 )
-    collator = CaptionCollator(processor, args.prompt)
+    collator = CaptionCollator(processor, args.prompt, args.max_caption_tokens)
     train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
     # Shuffled by accelerate's seedable sampler (see `make_accelerator`): the order depends on the seed and the epoch
     # only, the same on every process and after a resume.
@@ -195,6 +220,22 @@ def prepare_data(
     if not eval_set.references:
         raise ValueError(f"No image of the {args.eval_split!r} split of {args.dataset!r} could be read.")
     return RunData(train_examples, train_loader, eval_set, features)
+
+
+def check_sequences_fit(processor: VLMProcessor, prompt: str, max_caption_tokens: int, max_positions: int) -> None:
+    """
+    Raises `ValueError` when the longest training sequence (the chat with its image placeholders, then a caption of
+    `max_caption_tokens`) does not fit the language model's `max_positions`, giving both lengths.
+    """
+    chat = processor.apply_chat_template(caption_messages(prompt, ""))
+    chat_tokens = len(processor.tokenizer(processor.expand_image_tokens(chat)).input_ids)
+    if chat_tokens + max_caption_tokens > max_positions:
+        raise ValueError(
+            f"The longest training sequence has {chat_tokens + max_caption_tokens} tokens ({chat_tokens} for the "
+            f"chat with its image tokens and the prompt, up to {max_caption_tokens} for the caption), more than the "
+            f"language model's max_position_embeddings ({max_positions}). Shorten the prompt or lower "
+            "max_caption_tokens."
+        )
 
 
 def build_eval_set(

@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from caption_metrics import score_captions
 from captioning import generate_captions
@@ -90,7 +91,8 @@ def caption_images(
 ) -> dict[str, str]:
     """Greedy captions `{image_id: caption}` of every image of `loader`, gathered from every process."""
     captions = {}
-    for batch in loader:
+    progress = tqdm(loader, desc="captioning the evaluation images", disable=not accelerator.is_local_main_process)
+    for batch in progress:
         with accelerator.autocast():
             texts = generate_captions(model, processor, batch["image"], len(batch["image"]), max_new_tokens, prompt)
         pairs = list(zip(batch["image_id"], texts))

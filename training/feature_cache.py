@@ -21,6 +21,8 @@ from caption_data import open_image
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
+from .integrity import hash_tensors
+
 
 @dataclass
 class VisionFeatures:
@@ -55,9 +57,7 @@ def vision_features_cache_key(
     )
     for part in parts:
         digest.update(part.encode() + b"\0")
-    for name, tensor in sorted(vlm.vision_tower.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    hash_tensors(digest, sorted(vlm.vision_tower.state_dict().items()))
     return digest.hexdigest()[:32]
 
 

@@ -7,6 +7,7 @@ precision, gradient accumulation, clipping, warm-up + cosine, atomic checkpoints
 with CIDEr/METEOR after every epoch, the best model by CIDEr, a model card and the Hub upload.
 """
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -22,20 +23,22 @@ from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
 from .arguments import VLMTrainingArguments
-from .checkpointing import TrainerState, resume, save_best_model, save_checkpoint, save_final_model
+from .checkpointing import Checkpointer, TrainerState, keep_checkpoints_lean, prepare_output_dir
 from .data import EvalSet, RunData, prepare_data
 from .evaluation import evaluate
 from .feature_cache import VisionFeatures
+from .integrity import FrozenWeights
 from .model_card import push_output_dir, write_model_card
 from .model_setup import (
     TrainingSchedule,
     build_model,
-    build_optimizer,
-    build_scheduler,
+    build_optimization,
     count_parameters,
+    model_source,
     prepare_model_for_training,
 )
 from .results import TrainingResults
+from .saved_models import finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, hardware_description, training_logs
 
 
@@ -91,36 +94,35 @@ def train(
         raise ValueError("Pass `model` and `processor` together, or neither to build them from `args`.")
     wall_start = time.perf_counter()
     accelerator = make_accelerator(args)
+    prepare_output_dir(accelerator, args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint is not None)
     set_seed(args.seed)
+    source = model_source(args) if model is None else {"model": f"a {type(model).__name__} passed to train()"}
     vlm, processor = (model, processor) if model is not None else build_model(args)
     model = prepare_model_for_training(vlm, args)
     parameter_counts = count_parameters(model)
+    frozen = FrozenWeights.of(model, source)  # checkpoints leave these weights out: they must be the same on resume
 
     data = prepare_data(args, accelerator, vlm, processor)
-    schedule = TrainingSchedule.plan(
-        len(data.train_examples), args.per_device_train_batch_size * accelerator.num_processes,
-        args.gradient_accumulation_steps, args.num_train_epochs, args.max_steps, args.warmup_steps, args.warmup_ratio,
-    )  # fmt: skip
-    component_lrs = {"projector": args.projector_lr, "llm": args.llm_lr, "vision": args.vision_lr}
-    betas = (args.adam_beta1, args.adam_beta2)
-    optimizer = build_optimizer(model, args.learning_rate, component_lrs, args.weight_decay, betas, args.adam_epsilon)
-    scheduler = build_scheduler(optimizer, args.lr_scheduler_type, schedule, accelerator.num_processes)
+    num_examples = len(data.train_examples)
+    optimizer, scheduler, schedule = build_optimization(model, args, num_examples, accelerator.num_processes)
     # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
     data = replace(data, train_loader=train_loader)
+    keep_checkpoints_lean(accelerator)
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_steps, args.save_total_limit, frozen)
+    _, state = checkpointer.resume(args.resume_from_checkpoint)
 
-    checkpoint, state = resume(accelerator, args.resume_from_checkpoint, args.output_dir)
     run_name = args.run_name or os.path.basename(os.path.abspath(args.output_dir))
-    accelerator.init_trackers(run_name, config={k: v for k, v in asdict(args).items() if v is not None})
+    accelerator.init_trackers(run_name, config=tracker_config(args))
     samples_per_step = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     accelerator.print(
         run_summary(vlm.config.projector_type, args.stage, data, schedule, parameter_counts, samples_per_step)
     )
-    evaluate_first = args.eval_before_training and args.eval_strategy != "no" and checkpoint is None
     captions = run_epochs(
-        args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, evaluate_first
+        args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, checkpointer
     )
 
+    finish_best_model(accelerator, model, processor, args.output_dir)
     save_final_model(accelerator, model, processor, args.output_dir, merge_adapter=args.stage == "lora")
     sample_captions = list(captions.items())[: args.num_sample_captions]
     results = collect_results(
@@ -136,6 +138,12 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
+
+
+def tracker_config(args: VLMTrainingArguments) -> dict[str, str | int | float | bool]:
+    """The run's settings as trackers take them (TensorBoard's hyper-parameters are scalars or strings)."""
+    values = {name: value for name, value in asdict(args).items() if value is not None}
+    return {name: json.dumps(value) if isinstance(value, dict) else value for name, value in values.items()}
 
 
 def make_accelerator(args: VLMTrainingArguments) -> Accelerator:
@@ -171,12 +179,13 @@ def run_epochs(
     data: RunData,
     schedule: TrainingSchedule,
     state: TrainerState,
-    evaluate_first: bool = False,
+    checkpointer: Checkpointer,
 ) -> dict[str, str]:
     """
     Trains from `state` to the end of `schedule`: one [`training_step`] per micro-batch, logs every
-    `args.logging_steps`, a checkpoint every `args.save_steps`, an evaluation after every epoch (and after the last
-    step when `max_steps` ends mid-epoch). Returns the captions of the last evaluation.
+    `args.logging_steps`, the `checkpointer`'s checkpoints, an evaluation after every epoch (and before the first
+    step with `args.eval_before_training`, after the last one when `max_steps` ends mid-epoch). Returns the captions
+    of the last evaluation.
     """
     bar = tqdm(
         total=schedule.total_steps,
@@ -187,7 +196,7 @@ def run_epochs(
     report = ProgressReport(accelerator, optimizer, StepWindow(accelerator.device), bar)
     window = report.window
     captions: dict[str, str] = {}
-    if evaluate_first:
+    if args.eval_before_training and args.eval_strategy != "no" and state.global_step == 0:
         evaluate_and_record(accelerator, model, processor, data.eval_set, state, args, epoch=0, save_best=False)
     grad_norm = previous = None
     model.train()
@@ -203,7 +212,7 @@ def run_epochs(
             if weight:
                 window.add_batch(loss, batch)
             if accelerator.sync_gradients:
-                end_optimizer_step(report, state, grad_norm, args, schedule.total_steps)
+                end_optimizer_step(report, checkpointer, state, grad_norm, args.logging_steps, schedule.total_steps)
                 if state.global_step >= schedule.total_steps and state.step_in_epoch < len(data.train_loader):
                     break  # max_steps reached mid-epoch
         if state.step_in_epoch < len(data.train_loader):
@@ -271,22 +280,20 @@ class ProgressReport:
 
 def end_optimizer_step(
     report: ProgressReport,
+    checkpointer: Checkpointer,
     state: TrainerState,
     grad_norm: torch.Tensor | None,
-    args: VLMTrainingArguments,
+    logging_steps: int,
     total_steps: int,
 ) -> None:
-    """
-    Counts the optimizer step, then logs every `args.logging_steps` (and at `total_steps`) and checkpoints every
-    `args.save_steps`.
-    """
+    """Counts the optimizer step, then logs every `logging_steps` (and at `total_steps`) and checkpoints when due."""
     state.global_step += 1
     report.bar.update(1)
-    if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
+    if state.global_step % logging_steps == 0 or state.global_step == total_steps:
         report.record(state, grad_norm)
-    if args.save_steps > 0 and state.global_step % args.save_steps == 0:
+    if checkpointer.due(state.global_step):
         report.record(state, grad_norm)
-        save_checkpoint(report.accelerator, state, args.output_dir, args.save_total_limit)
+        checkpointer.save(state)
 
 
 def evaluate_and_record(

@@ -15,8 +15,9 @@ from caption_data import KARPATHY_SOURCE
 from markdown_tables import format_score, markdown_table
 
 from .arguments import VLMTrainingArguments
-from .checkpointing import BEST_DIR, CHECKPOINT_PREFIX, TMP_PREFIX
+from .checkpointing import CHECKPOINT_PREFIX, TMP_PREFIX
 from .results import TrainingResults
+from .saved_models import BEST_DIR
 
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")

@@ -25,9 +25,24 @@ COMPONENTS = {"vision_tower": "vision", "multi_modal_projector": "projector", "l
 """Parameter-name fragment -> component, for the per-component learning rates."""
 
 
+def model_source(args: VLMTrainingArguments) -> dict[str, str | None]:
+    """Where `args` builds the model from, as recorded with a run's frozen weights."""
+    return {
+        "model": args.model,
+        "vision_model": args.vision_model,
+        "text_model": args.text_model,
+        "model_name_or_path": args.model_name_or_path,
+    }
+
+
 def build_model(args: VLMTrainingArguments) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
-    """The model and processor of `args`' model source; a new projector is initialised from `args.seed`."""
-    config_kwargs = {} if args.vision_feature_layer is None else {"vision_feature_layer": args.vision_feature_layer}
+    """
+    The model and processor of `args`' model source, with the projector settings of `args.model_config`; a new
+    projector is initialised from `args.seed`.
+    """
+    config_kwargs = dict(args.model_config)
+    if args.vision_feature_layer is not None:
+        config_kwargs["vision_feature_layer"] = args.vision_feature_layer
     if args.model == "tiny":
         return build_tiny_vlm(args.projector_type, seed=args.seed, **config_kwargs)
     if args.model_name_or_path is not None:
@@ -181,3 +196,17 @@ def build_scheduler(
         num_warmup_steps=schedule.warmup_steps * num_processes,
         num_training_steps=schedule.total_steps * num_processes,
     )
+
+
+def build_optimization(
+    model: nn.Module, args: VLMTrainingArguments, num_examples: int, num_processes: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LRScheduler, TrainingSchedule]:
+    """AdamW with `args`' learning rates, its scheduler and the schedule of `num_examples` over `num_processes`."""
+    schedule = TrainingSchedule.plan(
+        num_examples, args.per_device_train_batch_size * num_processes, args.gradient_accumulation_steps,
+        args.num_train_epochs, args.max_steps, args.warmup_steps, args.warmup_ratio,
+    )  # fmt: skip
+    component_lrs = {"projector": args.projector_lr, "llm": args.llm_lr, "vision": args.vision_lr}
+    betas = (args.adam_beta1, args.adam_beta2)
+    optimizer = build_optimizer(model, args.learning_rate, component_lrs, args.weight_decay, betas, args.adam_epsilon)
+    return optimizer, build_scheduler(optimizer, args.lr_scheduler_type, schedule, num_processes), schedule

@@ -1,0 +1,97 @@
+"""
+A run never loses work or resumes into garbage: a finished output directory is refused unless the run resumes it or
+starts afresh; checkpoints hold what trains and a checksum of every file, and a corrupted one, or one trained on other
+frozen weights, is refused by name; `best/` stays small until the run ends.
+"""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import training.loop
+from tiny_runs import saved_weights, tiny_args
+from tiny_vlm import build_tiny_vlm
+from training import train
+from training.checkpointing import latest_checkpoint
+from training.integrity import FROZEN_WEIGHTS_NAME, MANIFEST_NAME, CheckpointError
+
+
+def checkpointed_args(tmp_path: Path, **overrides):
+    """48 images in batches of 8: 6 steps, a checkpoint every 3."""
+    return tiny_args(tmp_path, save_steps=3, save_total_limit=2, **overrides)
+
+
+def test_a_finished_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
+    args = checkpointed_args(tmp_path)
+    train(args)
+    assert latest_checkpoint(args.output_dir) == str(Path(args.output_dir) / "checkpoint-6")
+    with pytest.raises(ValueError, match="already holds a run") as error:
+        train(replace(args, learning_rate=1e-4))
+    assert "--resume_from_checkpoint latest" in str(error.value) and "--overwrite_output_dir" in str(error.value)
+
+    # Afresh: the old run's checkpoints go first, so they neither rotate the new one out nor get resumed.
+    fresh = train(replace(args, learning_rate=1e-4, overwrite_output_dir=True, max_steps=2, save_steps=2))
+    assert sorted(path.name for path in Path(args.output_dir).glob("checkpoint-*")) == ["checkpoint-2"]
+    assert fresh.global_step == 2
+    assert json.loads((Path(args.output_dir) / "training_results.json").read_text())["global_step"] == 2
+    with pytest.raises(ValueError, match="pass one of them"):
+        replace(args, overwrite_output_dir=True, resume_from_checkpoint="latest")
+
+
+@pytest.mark.parametrize("damage", ["flipped bits", "missing file", "no manifest"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    args = checkpointed_args(tmp_path, max_steps=3)
+    train(args)
+    checkpoint = Path(args.output_dir) / "checkpoint-3"
+    weights = checkpoint / "model.safetensors"
+    if damage == "flipped bits":
+        data = bytearray(weights.read_bytes())
+        for offset in range(len(data) - 400, len(data) - 350):  # inside the tensors, past the header
+            data[offset] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        message = r"model\.safetensors is corrupted: its sha256 is"
+    elif damage == "missing file":
+        weights.unlink()
+        message = r"model\.safetensors is listed in checksums\.sha256 but missing"
+    else:
+        (checkpoint / MANIFEST_NAME).unlink()
+        message = r"checkpoint-3 has no checksums\.sha256"
+    with pytest.raises(CheckpointError, match=message):
+        train(replace(args, max_steps=6, resume_from_checkpoint="latest"))
+
+
+def test_resuming_onto_other_frozen_weights_is_refused(tmp_path):
+    args = checkpointed_args(tmp_path, max_steps=3)
+    train(args)
+    other_towers, processor = build_tiny_vlm("mlp", seed=1)
+    with pytest.raises(CheckpointError, match="was trained on other frozen weights"):
+        train(replace(args, max_steps=6, resume_from_checkpoint="latest"), other_towers, processor)
+
+
+def test_an_align_checkpoint_holds_the_projector_only_and_best_is_complete_at_the_end(tmp_path, monkeypatch):
+    best_during_training = []
+    finish_best_model = training.loop.finish_best_model
+
+    def look_at_best_first(accelerator, model, processor, output_dir):
+        best_during_training.extend(sorted(path.name for path in (Path(output_dir) / "best").iterdir()))
+        finish_best_model(accelerator, model, processor, output_dir)
+
+    monkeypatch.setattr(training.loop, "finish_best_model", look_at_best_first)
+    args = checkpointed_args(tmp_path, eval_strategy="epoch", predict_with_generate=False, metric_for_best_model="loss")
+    train(args)
+    output_dir = Path(args.output_dir)
+    checkpoint = output_dir / "checkpoint-6"
+    projector = {name for name in saved_weights(output_dir) if name.startswith("multi_modal_projector.")}
+    assert set(saved_weights(checkpoint)) == projector  # no frozen tower, no language model
+    assert (checkpoint / "model.safetensors").stat().st_size * 10 < (output_dir / "model.safetensors").stat().st_size
+    frozen = json.loads((checkpoint / FROZEN_WEIGHTS_NAME).read_text())
+    assert frozen["source"]["model"] == "tiny" and frozen["num_parameters"] == 135_904 - 6_272
+    assert {line.split("  ")[1] for line in (checkpoint / MANIFEST_NAME).read_text().splitlines()} >= {
+        "model.safetensors", "optimizer.bin", "trainer_state.json", FROZEN_WEIGHTS_NAME
+    }  # fmt: skip
+
+    assert best_during_training == ["trainable.safetensors"]
+    best = saved_weights(output_dir / "best")
+    assert set(best) == set(saved_weights(output_dir)) and not (output_dir / "best" / "trainable.safetensors").exists()
