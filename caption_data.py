@@ -28,6 +28,7 @@ import PIL.Image
 import PIL.ImageOps
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 
+from processing_vlm import to_rgb_image
 from shapes_data import random_shapes_example
 
 
@@ -357,7 +358,8 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
 
     Returns:
         `PIL.Image.Image` or `None`: the image in RGB mode (EXIF orientation applied to files and bytes, as
-        `datasets.Image` does), or `None` if the value is empty or the file is missing, unreadable or corrupt.
+        `datasets.Image` does; 16-bit and float pixels scaled as `processing_vlm.to_rgb_image` does), or `None` if
+        the value is empty or the file is missing, unreadable, corrupt or holds values that are not pixels.
     """
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
@@ -372,7 +374,7 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
             image = PIL.Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
             image.load()
             PIL.ImageOps.exif_transpose(image, in_place=True)
-        return image.convert("RGB")
+        return to_rgb_image(image)
     # Pillow reports broken data through many exception types (OSError, SyntaxError, ValueError, EOFError,
     # DecompressionBombError, ...); any of them means the image cannot be used.
     except Exception:

@@ -282,7 +282,11 @@ class VLMPreTrainedModel(PreTrainedModel):
             if config.vision_config.model_type in TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4:
                 # Checkpoints saved by transformers 5.x lack the level; without the mapping the tower would be re-initialised.
                 kwargs["key_mapping"] = {r"^vision_tower\.(?!vision_model\.)": "vision_tower.vision_model."}
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `(model, loading_info)` on request
+        if isinstance(model, VLMForConditionalGeneration):
+            model.suppress_image_token()  # also for a generation_config.json saved before it was suppressed
+        return loaded
 
 
 class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):

@@ -8,7 +8,7 @@ import torch
 import transformers
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_transforms import to_pil_image
-from transformers.image_utils import is_pil_image, load_image
+from transformers.image_utils import PIL, is_pil_image, load_image  # Pillow as transformers' vision extra imports it
 
 
 IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
@@ -58,7 +58,7 @@ def to_rgb_image(image):
     """
     if isinstance(image, (str, os.PathLike)):
         try:
-            image = load_image(str(image))
+            image = _open_image_file(image) if os.path.isfile(image) else load_image(str(image))
             image.load()
         except Exception as error:
             raise ValueError(
@@ -90,6 +90,13 @@ def to_rgb_image(image):
         raise ValueError(f"Could not decode the image {image!r} ({error}); the file is truncated or corrupt.") from error
 
 
+def _open_image_file(path: str | os.PathLike):
+    """The image of a local file in its own mode (EXIF orientation applied): `load_image` would clip 16-bit ones."""
+    image = PIL.Image.open(path)
+    image.load()
+    return PIL.ImageOps.exif_transpose(image)
+
+
 def _pil_pixels(image) -> torch.Tensor:
     """
     The pixels `(H, W)` of a single-channel 16-bit (uint16), 32-bit integer (mode I, int32) or float (mode F, float32)
@@ -108,6 +115,8 @@ def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
     is_float, is_16_bit = pixels.is_floating_point(), pixels.dtype == torch.uint16
     pixels = pixels.float()  # exact for integers up to 2**24; uint16 tensors support few operations
     low, high = float(pixels.min()), float(pixels.max())
+    if not torch.isfinite(pixels).all():
+        raise ValueError("The image has NaN or infinite values; pass finite pixels in [0, 1] or [0, 255].")
     if low < 0 or high > (255 if is_float else 65535):
         expected = "[0, 1] or [0, 255]" if is_float else "[0, 255] or [0, 65535]"
         raise ValueError(

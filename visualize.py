@@ -248,6 +248,7 @@ def _colourize(values: torch.Tensor, vmax: float) -> PIL.Image.Image:
 
 @functools.cache
 def _font(size: int) -> PIL.ImageFont.FreeTypeFont:
+    """Pillow's bundled scalable font at `size` pixels (no font file needed)."""
     return PIL.ImageFont.load_default(size=size)
 
 

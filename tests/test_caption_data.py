@@ -388,3 +388,12 @@ def test_skipping_unreadable_rows_of_a_dataset(coco):
     images = [open_image(example["image"]) for example in raw]
     assert [image is None for image in images] == [False, True, False]
     assert os.path.basename(raw[1]["image"]["path"]) == "COCO_val2014_000000522418.jpg"
+
+
+def test_sixteen_bit_image_files_are_read_with_their_grey_levels(tmp_path):
+    """Training and evaluation open images with `open_image`: a 16-bit ramp must stay a ramp, not turn white."""
+    ramp = np.tile(np.arange(256) * 257, (4, 1)).astype("<u2")
+    PIL.Image.frombytes("I;16", (256, 4), ramp.tobytes()).save(tmp_path / "ramp.png")
+    for value in (str(tmp_path / "ramp.png"), (tmp_path / "ramp.png").read_bytes()):
+        pixels = np.asarray(open_image(value))
+        assert pixels.shape == (4, 256, 3) and (pixels == np.arange(256)[None, :, None]).all()

@@ -207,6 +207,11 @@ def test_image_token_is_never_generated(tmp_path, images):
         bias_towards_image_token(reloaded)
         assert_image_token_is_never_generated(reloaded, batch)
 
+    # A model saved before the token was suppressed gets it suppressed when it is loaded.
+    (tmp_path / "generation_config.json").write_text(json.dumps({**saved, "suppress_tokens": None}))
+    reloaded = getattr(transformers, auto_classes[0]).from_pretrained(tmp_path, trust_remote_code=True)
+    assert reloaded.generation_config.suppress_tokens == [model.config.image_token_id]
+
 
 @pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
 def test_overfits_two_image_caption_pairs(projector_type, images):

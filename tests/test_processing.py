@@ -108,6 +108,19 @@ def test_wide_and_float_pixels_are_scaled_to_eight_bits(make_image):
     assert rgb.mean() == 127.5  # clipping made the 16-bit ramp 99.6 % white, and the 0-1 float one black
 
 
+@pytest.mark.parametrize(
+    ("make_image", "file_name"),
+    [
+        pytest.param(lambda: sixteen_bit_pil("I;16", "<u2"), "ramp.png", id="16-bit PNG"),
+        pytest.param(lambda: Image.fromarray((EIGHT_BIT_RAMP / 255).astype(np.float32)), "ramp.tiff", id="float TIFF"),
+    ],
+)
+def test_wide_and_float_image_files_are_scaled_to_eight_bits(make_image, file_name, tmp_path):
+    """Read by path: transformers' `load_image` converts to RGB on opening, which clips 16-bit pixels."""
+    make_image().save(tmp_path / file_name)
+    assert (np.asarray(to_rgb_image(tmp_path / file_name)) == EIGHT_BIT_RAMP[..., None]).all()
+
+
 def test_float_pixels_above_one_are_read_as_eight_bit_values():
     values = np.array([[0.0, 0.4, 0.6, 254.6, 255.0]] * 2, dtype=np.float32)
     for image in (Image.fromarray(values), values, torch.from_numpy(values)):

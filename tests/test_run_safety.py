@@ -9,18 +9,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import training.loop
 from tiny_runs import saved_weights, tiny_args
 from tiny_vlm import build_tiny_vlm
 from training import train
 from training.checkpointing import latest_checkpoint
-from training.integrity import FROZEN_WEIGHTS_NAME, MANIFEST_NAME, CheckpointError
+from training.integrity import FROZEN_WEIGHTS_NAME, MANIFEST_NAME, CheckpointError, write_manifest
 
 
 def checkpointed_args(tmp_path: Path, **overrides):
     """48 images in batches of 8: 6 steps, a checkpoint every 3."""
-    return tiny_args(tmp_path, save_steps=3, save_total_limit=2, **overrides)
+    return tiny_args(tmp_path, **{"save_steps": 3, "save_total_limit": 2, **overrides})
 
 
 def test_a_finished_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
@@ -95,3 +97,58 @@ def test_an_align_checkpoint_holds_the_projector_only_and_best_is_complete_at_th
     assert best_during_training == ["trainable.safetensors"]
     best = saved_weights(output_dir / "best")
     assert set(best) == set(saved_weights(output_dir)) and not (output_dir / "best" / "trainable.safetensors").exists()
+
+
+def test_overwriting_refuses_to_remove_the_model_the_run_starts_from(tmp_path):
+    model, processor = build_tiny_vlm("mlp")
+    model.save_pretrained(tmp_path / "run" / "best")
+    processor.save_pretrained(tmp_path / "run" / "best")
+    args = tiny_args(tmp_path, model=None, model_name_or_path=str(tmp_path / "run" / "best"), overwrite_output_dir=True)
+    with pytest.raises(ValueError, match=r"would remove .*best, which the model is built from"):
+        train(args)
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_only_what_a_run_writes_counts_as_a_run_and_is_removed(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".gitkeep").touch()
+    train(checkpointed_args(tmp_path, max_steps=3))  # a .gitkeep is no run
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train(checkpointed_args(tmp_path, max_steps=1, save_steps=0, overwrite_output_dir=True))
+    assert {path.name for path in (tmp_path / "run").iterdir()} >= {".gitkeep", "notes.txt", "model.safetensors"}
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_resuming_latest_where_a_run_left_no_checkpoint_is_refused(tmp_path):
+    args = checkpointed_args(tmp_path, max_steps=2, save_steps=0)
+    train(args)
+    with pytest.raises(ValueError, match="holds a run but no complete checkpoint to resume from"):
+        train(replace(args, max_steps=4, resume_from_checkpoint="latest"))
+
+
+def test_resuming_an_earlier_checkpoint_abandons_what_came_after_it(tmp_path):
+    """Checkpoints and a best/ of the abandoned continuation must neither survive rotation nor pass for the best."""
+    args = checkpointed_args(
+        tmp_path, save_total_limit=5, eval_strategy="epoch", predict_with_generate=False, metric_for_best_model="loss",
+        num_train_epochs=2, max_train_samples=24,  # 3 steps per epoch, evaluated after steps 3 and 6
+    )
+    train(args)
+    output_dir = Path(args.output_dir)
+    (output_dir / "best" / "model.safetensors").unlink()  # keep only the lean file a crash would leave
+    save_file({"w": torch.zeros(1)}, str(output_dir / "best" / "trainable.safetensors"), metadata={"step": "6"})
+    state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["best_step"] is None  # saved at the epoch's last step, before its evaluation
+    resumed = train(replace(args, resume_from_checkpoint=str(output_dir / "checkpoint-3"), max_steps=4, save_steps=4))
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    assert resumed.best_step in (3, 4)
+    assert set(saved_weights(output_dir / "best")) == set(saved_weights(output_dir))  # the stale file was not used
+
+
+def test_a_checkpoint_without_its_frozen_weights_reference_is_refused(tmp_path):
+    args = checkpointed_args(tmp_path, max_steps=3)
+    train(args)
+    checkpoint = Path(args.output_dir) / "checkpoint-3"
+    (checkpoint / FROZEN_WEIGHTS_NAME).unlink()
+    write_manifest(checkpoint)
+    with pytest.raises(CheckpointError, match="has no frozen_weights.json"):
+        train(replace(args, max_steps=6, resume_from_checkpoint="latest"))

@@ -4,9 +4,11 @@ projector comparison command with its table."""
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
@@ -51,6 +53,13 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
         )
     )
     assert math.isclose(results["history"][0]["loss"], alone.history[0]["loss"], rel_tol=1e-5)
+
+    # The two processes' checkpoint holds the trainable weights under the model's own names: one process resumes it.
+    resumed_dir = tmp_path / "resumed-alone"
+    shutil.copytree(output_dir / "checkpoint-4", resumed_dir / "checkpoint-4")
+    one_process = tiny_args(tmp_path, stage="finetune", max_train_samples=64, output_dir=str(resumed_dir))
+    resumed = train(replace(one_process, resume_from_checkpoint="latest"))
+    assert resumed.global_step == 8  # 64 images in batches of 8 on one process, resumed at step 4
 
 
 def test_comparison_command_prints_the_table_with_the_untrained_baseline(tmp_path, capsys):

@@ -27,6 +27,11 @@ def test_a_prompt_that_cannot_fit_the_language_model_is_refused(tmp_path):
         train(tiny_args(tmp_path, prompt="Describe the image, " * 200, max_steps=1))
 
 
+def test_an_evaluation_that_could_generate_past_the_language_model_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"Captioning the evaluation images could reach \d+ tokens .* \(512\)"):
+        train(tiny_args(tmp_path, max_new_tokens=500, eval_strategy="epoch", max_steps=1))
+
+
 def test_the_caption_evaluation_shows_its_progress(tmp_path, capfd):
     train(tiny_args(tmp_path, max_train_samples=8, max_eval_samples=4, max_steps=1, eval_strategy="epoch"))
     assert "captioning the evaluation images: 100%" in capfd.readouterr().err

@@ -2,15 +2,14 @@
 """
 The checkpoints of a run:
 
-- [`prepare_output_dir`]: an output directory that holds a run is refused unless the new run resumes it or starts
-  afresh (`overwrite_output_dir`, which removes the old run's checkpoints, results and logs first).
 - [`save_checkpoint`]: `accelerator.save_state` (the trainable weights, optimizer, scheduler, RNG states), the
   [`TrainerState`] (data position, history), a reference to the frozen weights and a checksum manifest, written to
   `tmp-checkpoint-{step}` and renamed into place, so [`latest_checkpoint`] never picks a half-written one; the oldest
   are rotated out.
 - [`keep_checkpoints_lean`]: the accelerator's save and load hooks that leave the frozen weights out (they come from
   the model source, checked by fingerprint); FSDP and DeepSpeed save their own sharded states whole.
-- [`resume`]: verifies a checkpoint (checksums, frozen weights) and restores it into the prepared objects.
+- [`find_checkpoint`], [`load_checkpoint`]: verifies a checkpoint (checksums, frozen weights) before anything is
+  loaded, then restores it into the prepared objects.
 
 `transformers.trainer_utils.get_last_checkpoint` would take any `checkpoint-N` directory; [`latest_checkpoint`] takes
 only complete ones (renamed into place, with a `trainer_state.json`).
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, extract_model_from_parallel
 from accelerate.utils.constants import SAFE_MODEL_NAME
 from safetensors.torch import load_file
 from torch import nn
@@ -34,8 +34,6 @@ from .integrity import CheckpointError, FrozenWeights, verify_manifest, write_ma
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = "tmp-"  # checkpoints being written or deleted; never picked by `latest`
 TRAINER_STATE_NAME = "trainer_state.json"
-# What a run writes into its output directory, removed by `overwrite_output_dir` before a fresh start.
-RUN_OUTPUTS = ("checkpoint-*", "tmp-*", "best", "adapter", "logs", "training_results.json", "*.safetensors*")
 
 
 @dataclass
@@ -115,32 +113,53 @@ def _remove_checkpoint(path: str) -> None:
     shutil.rmtree(doomed)
 
 
-def resume(
+def find_checkpoint(
     accelerator: Accelerator, checkpoint: str | None, output_dir: str, frozen: FrozenWeights | None = None
-) -> tuple[str | None, TrainerState]:
+) -> str | None:
     """
-    Restores the prepared objects from `checkpoint` (`"latest"` in `output_dir`, a directory, or `None` for a fresh
-    start) after checking its manifest and, with `frozen`, that it was trained on these frozen weights; returns the
-    checkpoint used and the state to continue from.
+    The checkpoint to resume from: `checkpoint` (`"latest"` in `output_dir`, a directory, or `None` for a fresh
+    start), verified by the main process before anything is loaded: every file against its manifest and, with
+    `frozen`, the frozen weights it was trained on. Every process raises the same [`CheckpointError`] otherwise.
     """
     if checkpoint == "latest":
         checkpoint = latest_checkpoint(output_dir)
         if checkpoint is None:
             accelerator.print(f"No checkpoint in {output_dir} yet: starting from scratch.")
     if checkpoint is None:
-        return None, TrainerState()
-    if not os.path.isdir(checkpoint):
-        raise CheckpointError(
-            f"resume_from_checkpoint={checkpoint!r} is not a directory; pass a checkpoint directory or 'latest'."
-        )
-    verify_manifest(checkpoint)
-    if frozen is not None:
-        frozen.check(checkpoint)
+        return None
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            if not os.path.isdir(checkpoint):
+                raise CheckpointError(f"resume_from_checkpoint={checkpoint!r} is not a checkpoint directory.")
+            verify_manifest(checkpoint)
+            if frozen is not None:
+                frozen.check(checkpoint)
+        except CheckpointError as error:
+            problem = str(error)
+    problem = broadcast_object_list([problem])[0]
+    if problem is not None:
+        raise CheckpointError(problem)
+    return checkpoint
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: str, output_dir: str) -> TrainerState:
+    """
+    Restores the prepared objects from a verified `checkpoint` and returns the state to continue from. Checkpoints of
+    `output_dir` newer than it belong to the run being abandoned: they are removed, so that they can neither rotate
+    the new ones out nor be resumed later.
+    """
     accelerator.load_state(checkpoint)
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as file:
         state = TrainerState(**json.load(file))
+    if accelerator.is_main_process:
+        for step, path in _checkpoints(output_dir):
+            if step > state.global_step:
+                accelerator.print(f"Removing {path}: it continues past the checkpoint this run resumes from.")
+                _remove_checkpoint(str(path))
+    accelerator.wait_for_everyone()
     accelerator.print(f"Resumed from {checkpoint}: step {state.global_step}, epoch {state.epoch}.")
-    return checkpoint, state
+    return state
 
 
 def keep_checkpoints_lean(accelerator: Accelerator) -> None:
@@ -150,16 +169,17 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
     load, where the checkpoint must hold exactly the trainable parameters. FSDP and DeepSpeed save their own states.
     """
 
+    # The unwrapped model's names (no `module.` of DDP, no `_orig_mod.` of torch.compile): a checkpoint resumes on any
+    # number of processes.
     def save_trainable_only(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
-        for model, state_dict in zip(models, weights):
-            trainable = trainable_parameter_names(model)
-            for name in [name for name in state_dict if name not in trainable]:
-                del state_dict[name]
+        for index, model in enumerate(models):
+            unwrapped = extract_model_from_parallel(model)
+            weights[index] = {name: p.detach() for name, p in unwrapped.named_parameters() if p.requires_grad}
 
     def load_trainable_only(models: list[nn.Module], input_dir: str) -> None:
         for index, model in enumerate(models):
             path = os.path.join(input_dir, f"{SAFE_MODEL_NAME}{f'_{index}' if index else ''}.safetensors")
-            load_trainable_parameters(model, load_file(path), path)
+            load_trainable_parameters(extract_model_from_parallel(model), load_file(path), path)
         models.clear()  # loaded: accelerate must not load them again
 
     accelerator.register_save_state_pre_hook(save_trainable_only)
@@ -167,6 +187,7 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
 
 
 def trainable_parameter_names(model: nn.Module) -> set[str]:
+    """The names of `model`'s parameters that train (`requires_grad`)."""
     return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
@@ -182,34 +203,12 @@ def load_trainable_parameters(model: nn.Module, state_dict: dict[str, torch.Tens
     model.load_state_dict(state_dict, strict=False)
 
 
-def prepare_output_dir(accelerator: Accelerator, output_dir: str, overwrite: bool, resuming: bool) -> None:
-    """
-    Refuses to start in an `output_dir` that holds a run (anything in it) unless the run resumes it or `overwrite`
-    starts afresh, in which case the old run's outputs ([`RUN_OUTPUTS`]) are removed first, so that its checkpoints
-    can neither rotate the new ones out nor be resumed by mistake.
-    """
-    holds_a_run = os.path.isdir(output_dir) and any(os.scandir(output_dir))
-    if holds_a_run and not (overwrite or resuming):
-        raise ValueError(
-            f"The output directory {output_dir} already holds a run. Pass --resume_from_checkpoint latest to continue "
-            "it, --overwrite_output_dir to start afresh (its checkpoints, results and logs are removed first), or "
-            "choose another --output_dir."
-        )
-    if holds_a_run and overwrite and accelerator.is_main_process:
-        for pattern in RUN_OUTPUTS:
-            for path in Path(output_dir).glob(pattern):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-    accelerator.wait_for_everyone()
-
-
 @dataclass
 class Checkpointer:
     """
     The checkpoints of a run: one every `save_steps` optimizer steps (0: none) into `output_dir`, the newest
-    `save_total_limit` kept, each referencing the `frozen` weights it was trained on.
+    `save_total_limit` kept, each holding what trains (see [`keep_checkpoints_lean`]) and referencing the `frozen`
+    weights it was trained on.
     """
 
     accelerator: Accelerator
@@ -218,11 +217,21 @@ class Checkpointer:
     save_total_limit: int
     frozen: FrozenWeights | None = None
 
+    def __post_init__(self) -> None:
+        keep_checkpoints_lean(self.accelerator)
+
     def due(self, global_step: int) -> bool:
+        """Whether a checkpoint is due after optimizer step `global_step`."""
         return self.save_steps > 0 and global_step % self.save_steps == 0
 
     def save(self, state: TrainerState) -> str:
+        """Writes the checkpoint of `state` (see [`save_checkpoint`]); returns its directory."""
         return save_checkpoint(self.accelerator, state, self.output_dir, self.save_total_limit, self.frozen)
 
-    def resume(self, checkpoint: str | None) -> tuple[str | None, TrainerState]:
-        return resume(self.accelerator, checkpoint, self.output_dir, self.frozen)
+    def find(self, checkpoint: str | None) -> str | None:
+        """The verified checkpoint to resume from, or `None` (see [`find_checkpoint`])."""
+        return find_checkpoint(self.accelerator, checkpoint, self.output_dir, self.frozen)
+
+    def load(self, checkpoint: str | None) -> TrainerState:
+        """The state to continue from: restored from `checkpoint` (see [`load_checkpoint`]), or a fresh one."""
+        return TrainerState() if checkpoint is None else load_checkpoint(self.accelerator, checkpoint, self.output_dir)

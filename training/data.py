@@ -16,7 +16,7 @@ from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 
 from caption_data import load_captions, open_image, readable_rows
-from captioning import CAPTION_PROMPT, caption_messages
+from captioning import CAPTION_PROMPT, caption_messages, caption_prompt
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
@@ -186,7 +186,11 @@ def prepare_data(
     Loads both splits, caches the vision features when the tower is frozen, and builds the training loader (shuffled
     once prepared by an accelerator with the seedable sampler) and the prepared evaluation set.
     """
-    check_sequences_fit(processor, args.prompt, args.max_caption_tokens, vlm.config.text_config.max_position_embeddings)
+    generates = args.predict_with_generate and args.eval_strategy != "no"
+    check_sequences_fit(
+        processor, args.prompt, args.max_caption_tokens, vlm.config.text_config.max_position_embeddings,
+        args.max_new_tokens if generates else 0,
+    )  # fmt: skip
     with accelerator.main_process_first():
         train_data = load_split(args, args.train_split, args.max_train_samples)
         eval_data = load_split(args, args.eval_split, args.max_eval_samples)
@@ -222,19 +226,32 @@ def prepare_data(
     return RunData(train_examples, train_loader, eval_set, features)
 
 
-def check_sequences_fit(processor: VLMProcessor, prompt: str, max_caption_tokens: int, max_positions: int) -> None:
+def check_sequences_fit(
+    processor: VLMProcessor, prompt: str, max_caption_tokens: int, max_positions: int, max_new_tokens: int = 0
+) -> None:
     """
-    Raises `ValueError` when the longest training sequence (the chat with its image placeholders, then a caption of
-    `max_caption_tokens`) does not fit the language model's `max_positions`, giving both lengths.
+    Raises `ValueError`, giving the lengths, when the longest training sequence (the chat with its image placeholders,
+    then a caption of `max_caption_tokens`) or, with `max_new_tokens`, the evaluation's captioning (the prompt, then
+    up to `max_new_tokens` generated) does not fit the language model's `max_positions`.
     """
-    chat = processor.apply_chat_template(caption_messages(prompt, ""))
-    chat_tokens = len(processor.tokenizer(processor.expand_image_tokens(chat)).input_ids)
+
+    def num_tokens(text: str) -> int:
+        return len(processor.tokenizer(processor.expand_image_tokens(text)).input_ids)
+
+    chat_tokens = num_tokens(processor.apply_chat_template(caption_messages(prompt, "")))
     if chat_tokens + max_caption_tokens > max_positions:
         raise ValueError(
             f"The longest training sequence has {chat_tokens + max_caption_tokens} tokens ({chat_tokens} for the "
             f"chat with its image tokens and the prompt, up to {max_caption_tokens} for the caption), more than the "
             f"language model's max_position_embeddings ({max_positions}). Shorten the prompt or lower "
             "max_caption_tokens."
+        )
+    prompt_tokens = num_tokens(caption_prompt(processor, prompt))
+    if max_new_tokens and prompt_tokens + max_new_tokens > max_positions:
+        raise ValueError(
+            f"Captioning the evaluation images could reach {prompt_tokens + max_new_tokens} tokens ({prompt_tokens} "
+            f"for the prompt, up to {max_new_tokens} new ones), more than the language model's "
+            f"max_position_embeddings ({max_positions}). Lower max_new_tokens or shorten the prompt."
         )
 
 

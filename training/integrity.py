@@ -29,6 +29,7 @@ class CheckpointError(ValueError):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as `sha256sum` prints it."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(READ_CHUNK_BYTES):
@@ -96,11 +97,17 @@ class FrozenWeights:
         return cls(source, digest.hexdigest(), sum(parameter.numel() for _, parameter in frozen))
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Writes `frozen_weights.json` into `directory` (a checkpoint being written)."""
         with open(os.path.join(directory, FROZEN_WEIGHTS_NAME), "w", encoding="utf-8") as file:
             json.dump(asdict(self), file, indent=2)
 
     def check(self, checkpoint: str | os.PathLike) -> None:
         """Raises [`CheckpointError`] unless `checkpoint` was trained on these very frozen weights."""
+        if not os.path.isfile(os.path.join(checkpoint, FROZEN_WEIGHTS_NAME)):
+            raise CheckpointError(
+                f"{checkpoint} has no {FROZEN_WEIGHTS_NAME}, so the frozen weights it was trained on are unknown: it "
+                "was not written by this trainer. Start afresh (--overwrite_output_dir)."
+            )
         with open(os.path.join(checkpoint, FROZEN_WEIGHTS_NAME), encoding="utf-8") as file:
             recorded = FrozenWeights(**json.load(file))
         if recorded.fingerprint != self.fingerprint:

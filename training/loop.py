@@ -23,10 +23,9 @@ from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
 from .arguments import VLMTrainingArguments
-from .checkpointing import Checkpointer, TrainerState, keep_checkpoints_lean, prepare_output_dir
+from .checkpointing import Checkpointer, TrainerState
 from .data import EvalSet, RunData, prepare_data
 from .evaluation import evaluate
-from .feature_cache import VisionFeatures
 from .integrity import FrozenWeights
 from .model_card import push_output_dir, write_model_card
 from .model_setup import (
@@ -37,9 +36,10 @@ from .model_setup import (
     model_source,
     prepare_model_for_training,
 )
-from .results import TrainingResults
-from .saved_models import finish_best_model, save_best_model, save_final_model
-from .telemetry import StepWindow, hardware_description, training_logs
+from .output_dir import prepare_output_dir
+from .results import TrainingResults, collect_results, results_summary, run_summary
+from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
+from .telemetry import StepWindow, training_logs
 
 
 DATA_SEED_SPREAD = 1_000_003
@@ -94,13 +94,17 @@ def train(
         raise ValueError("Pass `model` and `processor` together, or neither to build them from `args`.")
     wall_start = time.perf_counter()
     accelerator = make_accelerator(args)
-    prepare_output_dir(accelerator, args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint is not None)
     set_seed(args.seed)
     source = model_source(args) if model is None else {"model": f"a {type(model).__name__} passed to train()"}
     vlm, processor = (model, processor) if model is not None else build_model(args)
     model = prepare_model_for_training(vlm, args)
     parameter_counts = count_parameters(model)
     frozen = FrozenWeights.of(model, source)  # checkpoints leave these weights out: they must be the same on resume
+    prepare_output_dir(
+        accelerator, args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint, list(source.values())
+    )
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_steps, args.save_total_limit, frozen)
+    checkpoint = checkpointer.find(args.resume_from_checkpoint)
 
     data = prepare_data(args, accelerator, vlm, processor)
     num_examples = len(data.train_examples)
@@ -108,9 +112,8 @@ def train(
     # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
     data = replace(data, train_loader=train_loader)
-    keep_checkpoints_lean(accelerator)
-    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_steps, args.save_total_limit, frozen)
-    _, state = checkpointer.resume(args.resume_from_checkpoint)
+    state = checkpointer.load(checkpoint)
+    discard_stale_best(accelerator, args.output_dir, state.best_step)
 
     run_name = args.run_name or os.path.basename(os.path.abspath(args.output_dir))
     accelerator.init_trackers(run_name, config=tracker_config(args))
@@ -320,80 +323,3 @@ def evaluate_and_record(
     if save_best:
         save_best_model(accelerator, model, processor, state, record, args.metric_for_best_model, args.output_dir)
     return captions
-
-
-def feature_cache_status(features: dict[str, VisionFeatures | None]) -> dict[str, str | None]:
-    """Per split, where its vision features came from: `"hit"` (the cache), `"computed"`, or `None` (not cached)."""
-    return {name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in features.items()}
-
-
-def collect_results(
-    accelerator: Accelerator,
-    vlm: VLMForConditionalGeneration,
-    output_dir: str,
-    stage: str,
-    data: RunData,
-    state: TrainerState,
-    parameter_counts: tuple[int, int],
-    sample_captions: list[tuple[str, str]],
-    wall_time_s: float,
-) -> TrainingResults:
-    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples."""
-    references = data.eval_set.references
-    final_metrics = state.history[-1] if state.history else {}
-    return TrainingResults(
-        output_dir=output_dir,
-        projector_type=vlm.config.projector_type,
-        stage=stage,
-        num_image_tokens=vlm.config.num_image_tokens,
-        trainable_parameters=parameter_counts[0],
-        total_parameters=parameter_counts[1],
-        num_train_images=len(data.train_examples),
-        num_eval_images=len(references),
-        skipped_train_images=state.skipped_train_images,
-        skipped_eval_images=data.eval_set.num_skipped_images,
-        feature_cache=feature_cache_status(data.features),
-        global_step=state.global_step,
-        final_metrics={k: v for k, v in final_metrics.items() if k not in ("epoch", "step")},
-        best_metric=state.best_metric,
-        best_step=state.best_step,
-        history=state.history,
-        train_time_s=state.train_time_s,
-        wall_time_s=wall_time_s,
-        samples_per_second=state.samples_seen / max(state.train_time_s, 1e-9),
-        hardware=hardware_description(accelerator.device, accelerator.num_processes),
-        num_processes=accelerator.num_processes,
-        mixed_precision=str(accelerator.mixed_precision),
-        sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
-    )
-
-
-def run_summary(
-    projector_type: str,
-    stage: str,
-    data: RunData,
-    schedule: TrainingSchedule,
-    parameter_counts: tuple[int, int],
-    samples_per_step: int,
-) -> str:
-    """The line a run prints before it starts: model, data, steps and where the vision features come from."""
-    status = feature_cache_status(data.features)
-    words = {"hit": "cache hit", "computed": "computed and cached"}
-    cache = ", ".join(f"{name} {words[how]}" for name, how in status.items() if how is not None)
-    return (
-        f"{projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
-        f"parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval images; "
-        f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
-        f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
-        f"{data.eval_set.num_skipped_images}."
-    )
-
-
-def results_summary(results: TrainingResults) -> str:
-    """The line a run prints when it is done."""
-    return (
-        f"done in {results.wall_time_s:.0f} s: final "
-        + ", ".join(f"{k} {v:.4f}" for k, v in results.final_metrics.items())
-        + f"; skipped unreadable images: {results.skipped_train_images} train examples, "
-        f"{results.skipped_eval_images} eval"
-    )

@@ -1,9 +1,22 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
-"""[`TrainingResults`]: what a finished run reports, saved as `training_results.json` in its output directory."""
+"""
+[`TrainingResults`]: what a finished run reports, saved as `training_results.json` in its output directory, and the
+lines a run prints when it starts and when it is done.
+"""
 
 import json
 import os
 from dataclasses import asdict, dataclass
+
+from accelerate import Accelerator
+
+from modeling_vlm import VLMForConditionalGeneration
+
+from .checkpointing import TrainerState
+from .data import RunData
+from .feature_cache import VisionFeatures
+from .model_setup import TrainingSchedule
+from .telemetry import hardware_description
 
 
 RESULTS_NAME = "training_results.json"
@@ -46,3 +59,80 @@ class TrainingResults:
         with open(path, "w", encoding="utf-8") as file:
             json.dump(asdict(self), file, indent=2)
         return path
+
+
+def feature_cache_status(features: dict[str, VisionFeatures | None]) -> dict[str, str | None]:
+    """Per split, where its vision features came from: `"hit"` (the cache), `"computed"`, or `None` (not cached)."""
+    return {name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in features.items()}
+
+
+def collect_results(
+    accelerator: Accelerator,
+    vlm: VLMForConditionalGeneration,
+    output_dir: str,
+    stage: str,
+    data: RunData,
+    state: TrainerState,
+    parameter_counts: tuple[int, int],
+    sample_captions: list[tuple[str, str]],
+    wall_time_s: float,
+) -> TrainingResults:
+    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples."""
+    references = data.eval_set.references
+    final_metrics = state.history[-1] if state.history else {}
+    return TrainingResults(
+        output_dir=output_dir,
+        projector_type=vlm.config.projector_type,
+        stage=stage,
+        num_image_tokens=vlm.config.num_image_tokens,
+        trainable_parameters=parameter_counts[0],
+        total_parameters=parameter_counts[1],
+        num_train_images=len(data.train_examples),
+        num_eval_images=len(references),
+        skipped_train_images=state.skipped_train_images,
+        skipped_eval_images=data.eval_set.num_skipped_images,
+        feature_cache=feature_cache_status(data.features),
+        global_step=state.global_step,
+        final_metrics={k: v for k, v in final_metrics.items() if k not in ("epoch", "step")},
+        best_metric=state.best_metric,
+        best_step=state.best_step,
+        history=state.history,
+        train_time_s=state.train_time_s,
+        wall_time_s=wall_time_s,
+        samples_per_second=state.samples_seen / max(state.train_time_s, 1e-9),
+        hardware=hardware_description(accelerator.device, accelerator.num_processes),
+        num_processes=accelerator.num_processes,
+        mixed_precision=str(accelerator.mixed_precision),
+        sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
+    )
+
+
+def run_summary(
+    projector_type: str,
+    stage: str,
+    data: RunData,
+    schedule: TrainingSchedule,
+    parameter_counts: tuple[int, int],
+    samples_per_step: int,
+) -> str:
+    """The line a run prints before it starts: model, data, steps and where the vision features come from."""
+    status = feature_cache_status(data.features)
+    words = {"hit": "cache hit", "computed": "computed and cached"}
+    cache = ", ".join(f"{name} {words[how]}" for name, how in status.items() if how is not None)
+    return (
+        f"{projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
+        f"parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval images; "
+        f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
+        f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
+        f"{data.eval_set.num_skipped_images}."
+    )
+
+
+def results_summary(results: TrainingResults) -> str:
+    """The line a run prints when it is done."""
+    return (
+        f"done in {results.wall_time_s:.0f} s: final "
+        + ", ".join(f"{k} {v:.4f}" for k, v in results.final_metrics.items())
+        + f"; skipped unreadable images: {results.skipped_train_images} train examples, "
+        f"{results.skipped_eval_images} eval"
+    )

@@ -13,6 +13,7 @@ import os
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -71,8 +72,23 @@ def save_best_model(
     if accelerator.is_main_process:
         os.makedirs(best_dir, exist_ok=True)
         temporary = os.path.join(best_dir, f"{BEST_TRAINABLE_NAME}.tmp")
-        save_file(trainable_state_dict(accelerator, model), temporary)
+        save_file(trainable_state_dict(accelerator, model), temporary, metadata={"step": str(state.global_step)})
         os.replace(temporary, os.path.join(best_dir, BEST_TRAINABLE_NAME))  # a kill mid-save leaves the last best
+    accelerator.wait_for_everyone()
+
+
+def discard_stale_best(accelerator: Accelerator, output_dir: str, best_step: int | None) -> None:
+    """
+    Removes `output_dir/best/trainable.safetensors` unless it holds the best evaluation `best_step` of the state a
+    run resumes from: one saved after that checkpoint belongs to the run being abandoned.
+    """
+    best_file = os.path.join(output_dir, BEST_DIR, BEST_TRAINABLE_NAME)
+    if accelerator.is_main_process and os.path.isfile(best_file):
+        with safe_open(best_file, framework="pt") as file:
+            step = (file.metadata() or {}).get("step")
+        if step != str(best_step):
+            accelerator.print(f"Removing {best_file}: it is from step {step}, the resumed run's best is {best_step}.")
+            os.remove(best_file)
     accelerator.wait_for_everyone()
 
 
