@@ -174,7 +174,7 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
     def save_trainable_only(models: list[nn.Module], weights: list[dict], output_dir: str) -> None:
         for index, model in enumerate(models):
             unwrapped = extract_model_from_parallel(model)
-            weights[index] = {name: p.detach() for name, p in unwrapped.named_parameters() if p.requires_grad}
+            weights[index] = {name: parameter.detach() for name, parameter in trainable_parameters(unwrapped).items()}
 
     def load_trainable_only(models: list[nn.Module], input_dir: str) -> None:
         for index, model in enumerate(models):
@@ -186,14 +186,14 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_trainable_only)
 
 
-def trainable_parameter_names(model: nn.Module) -> set[str]:
-    """The names of `model`'s parameters that train (`requires_grad`)."""
-    return {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """`model`'s parameters that train (`requires_grad`), by name."""
+    return {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
 
 
 def load_trainable_parameters(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Loads `state_dict` into `model`, which must hold exactly `model`'s trainable parameters (read from `source`)."""
-    trainable = trainable_parameter_names(model)
+    trainable = set(trainable_parameters(model))
     if set(state_dict) != trainable:
         missing, unexpected = sorted(trainable - set(state_dict)), sorted(set(state_dict) - trainable)
         raise CheckpointError(

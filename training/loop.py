@@ -99,7 +99,10 @@ def train(
     vlm, processor = (model, processor) if model is not None else build_model(args)
     model = prepare_model_for_training(vlm, args)
     parameter_counts = count_parameters(model)
-    frozen = FrozenWeights.of(model, source)  # checkpoints leave these weights out: they must be the same on resume
+    # Checkpoints leave the frozen weights out: the main process, which writes and verifies checkpoints, fingerprints
+    # them so that a run resumes only onto the same ones.
+    uses_checkpoints = args.save_steps > 0 or args.resume_from_checkpoint is not None
+    frozen = FrozenWeights.of(model, source) if uses_checkpoints and accelerator.is_main_process else None
     prepare_output_dir(
         accelerator, args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint, list(source.values())
     )

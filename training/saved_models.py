@@ -19,7 +19,7 @@ from torch import nn
 
 from processing_vlm import VLMProcessor
 
-from .checkpointing import TrainerState, load_trainable_parameters, trainable_parameter_names
+from .checkpointing import TrainerState, load_trainable_parameters, trainable_parameters
 
 
 ADAPTER_DIR = "adapter"
@@ -38,9 +38,8 @@ def save_model(accelerator: Accelerator, model: nn.Module, processor: VLMProcess
 
 def trainable_state_dict(accelerator: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the trainable parameters of the unwrapped `model`, by name."""
-    unwrapped = accelerator.unwrap_model(model)
-    names = trainable_parameter_names(unwrapped)
-    return {name: parameter.detach().cpu().clone() for name, parameter in unwrapped.named_parameters() if name in names}
+    trainable = trainable_parameters(accelerator.unwrap_model(model))
+    return {name: parameter.detach().cpu().clone() for name, parameter in trainable.items()}
 
 
 def keeps_best_lean(accelerator: Accelerator) -> bool:
