@@ -36,6 +36,6 @@ $(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml
 
 # Then across versions: a model saved by 5.x loaded by 4.57 in a fresh process, and the other way round.
 test-transformers4: $(VENV_TRANSFORMERS4)/.installed setup
-	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py
+	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_cross_attention.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_TRANSFORMERS4)/bin/python $(VENV)/bin/python -m pytest tests/test_auto_loading.py
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py

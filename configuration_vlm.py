@@ -8,6 +8,7 @@ from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
+FUSION_TYPES = ("early", "cross_attention")
 
 # SigLIP-base-patch16-224: 224 px images, 16 px patches -> 196 patch tokens of width 768.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -61,17 +62,19 @@ def _build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, 
 class VLMConfig(PretrainedConfig):
     r"""
     Configuration of [`VLMForConditionalGeneration`]: a vision tower whose patch tokens are turned into
-    `num_image_tokens` language-model embeddings by a projector, and a causal language model that reads them at
-    the positions of the image placeholder token.
+    `num_visual_tokens` language-model embeddings by a projector, and a causal language model that reads them at
+    the positions of the image placeholder token (`fusion="early"`) or through gated cross-attention blocks between
+    its decoder layers (`fusion="cross_attention"`).
 
     Args:
         vision_config (`dict` or `PretrainedConfig`, *optional*):
             Vision tower config; any model whose `AutoModel` returns patch tokens. Defaults to SigLIP-base-patch16-224.
         text_config (`dict` or `PretrainedConfig`, *optional*):
             Causal language model config. Defaults to Qwen2.5-0.5B-Instruct.
-        projector_type (`str`, *optional*, defaults to `"mlp"`):
+        projector_type (`str`, *optional*):
             One of `"linear"` (one Linear), `"mlp"` (LLaVA-1.5: Linear, GELU, Linear), `"qformer"` (BLIP-2 Q-Former
-            with learned queries) or `"perceiver"` (Flamingo Perceiver Resampler with learned latents).
+            with learned queries) or `"perceiver"` (Flamingo Perceiver Resampler with learned latents). Defaults to
+            `"mlp"` with early fusion and to `"perceiver"` (Flamingo's) with cross-attention fusion.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation of the MLP projector and of the Q-Former / Perceiver feed-forward blocks.
         projector_dropout (`float`, *optional*, defaults to 0.0):
@@ -96,9 +99,21 @@ class VLMConfig(PretrainedConfig):
             Vision layer whose patch tokens feed the projector. `-1` is the tower's `last_hidden_state` (for SigLIP,
             after its post-LayerNorm); other values index `hidden_states` (0 = embeddings, k = output of layer k).
         image_token (`str`, *optional*, defaults to `"<image>"`):
-            Placeholder token that the processor repeats `num_image_tokens` times per image.
+            Placeholder token that the processor repeats `num_image_tokens` times per image (once with cross-attention
+            fusion, where it marks the image that the text after it attends to).
         image_token_id (`int`, *optional*, defaults to 151665):
             Id of `image_token` in the tokenizer.
+        fusion (`str`, *optional*, defaults to `"early"`):
+            How the language model reads the projected image tokens. `"early"` (LLaVA): they replace
+            `num_image_tokens` placeholders in the input sequence. `"cross_attention"` (Flamingo, Llama 3.2 Vision):
+            each image is one marker token in the sequence, and gated cross-attention blocks inserted before some
+            decoder layers let every text token attend to the image tokens of the most recent image before it.
+        cross_attention_every (`int`, *optional*, defaults to 4):
+            With `fusion="cross_attention"`, a block before every this many decoder layers: before layers
+            `every - 1, 2 * every - 1, ...` (OpenFlamingo's placement). Ignored when `cross_attention_layers` is set.
+        cross_attention_layers (`list[int]`, *optional*):
+            With `fusion="cross_attention"`, the 0-based decoder layers that get a block before them, instead of
+            `cross_attention_every` (transformers' Mllama calls its list the same).
     """
 
     model_type = "vlm"
@@ -108,7 +123,7 @@ class VLMConfig(PretrainedConfig):
         self,
         vision_config: dict | PretrainedConfig | None = None,
         text_config: dict | PretrainedConfig | None = None,
-        projector_type: str = "mlp",
+        projector_type: str | None = None,
         projector_hidden_act: str = "gelu",
         projector_dropout: float = 0.0,
         qformer_num_queries: int = 32,
@@ -122,11 +137,14 @@ class VLMConfig(PretrainedConfig):
         vision_feature_layer: int = -1,
         image_token: str = "<image>",
         image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
+        fusion: str = "early",
+        cross_attention_every: int = 4,
+        cross_attention_layers: list[int] | None = None,
         **kwargs,
     ):
         self.vision_config = _build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
         self.text_config = _build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config")
-        self.projector_type = projector_type
+        self.projector_type = projector_type or ("perceiver" if fusion == "cross_attention" else "mlp")
         self.projector_hidden_act = projector_hidden_act
         self.projector_dropout = projector_dropout
         self.qformer_num_queries = qformer_num_queries
@@ -140,9 +158,13 @@ class VLMConfig(PretrainedConfig):
         self.vision_feature_layer = vision_feature_layer
         self.image_token = image_token
         self.image_token_id = image_token_id
+        self.fusion = fusion
+        self.cross_attention_every = cross_attention_every
+        self.cross_attention_layers = list(cross_attention_layers) if cross_attention_layers is not None else None
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_projector()
+        self.validate_fusion()
 
     def validate_projector(self) -> None:
         """Raises `ValueError` naming the field, its value and what is allowed when a projector setting is invalid."""
@@ -186,6 +208,40 @@ class VLMConfig(PretrainedConfig):
                 f"{num_layers - 1}] for a vision tower with {num_layers} layers (-1: the tower's last_hidden_state)."
             )
 
+    def validate_fusion(self) -> None:
+        """Raises `ValueError` naming the field when the fusion settings are invalid or place no cross-attention."""
+        if self.fusion not in FUSION_TYPES:
+            raise ValueError(f"Unknown fusion={self.fusion!r}; choose one of {', '.join(map(repr, FUSION_TYPES))}.")
+        every = self.cross_attention_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"cross_attention_every={every!r} is invalid; it must be a positive integer.")
+        layers, num_layers = self.cross_attention_layers, self.text_config.num_hidden_layers
+        if layers is not None and self.fusion != "cross_attention":
+            raise ValueError(
+                f"cross_attention_layers={layers!r} is set but fusion={self.fusion!r}; set fusion='cross_attention' "
+                "or leave cross_attention_layers out."
+            )
+        if layers is not None and (
+            not layers
+            or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers for i in layers)
+            or len(set(layers)) != len(layers)
+        ):
+            raise ValueError(
+                f"cross_attention_layers={layers!r} is invalid; it must be a non-empty list of distinct decoder layer "
+                f"indices in [0, {num_layers - 1}] (the language model has {num_layers} layers)."
+            )
+        if self.fusion == "cross_attention" and not self.cross_attention_layer_indices:
+            raise ValueError(
+                f"cross_attention_every={every} places no cross-attention block in a language model of {num_layers} "
+                f"layers; use a value of at most {num_layers}, or list the layers in cross_attention_layers."
+            )
+        text_dim, num_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
+        if self.fusion == "cross_attention" and text_dim % num_heads:
+            raise ValueError(
+                f"fusion='cross_attention' splits the language model's hidden size ({text_dim}) over its "
+                f"num_attention_heads ({num_heads}), which must divide it."
+            )
+
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
         for name in ("vision_config", "text_config"):
@@ -204,13 +260,31 @@ class VLMConfig(PretrainedConfig):
         return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
 
     @property
-    def num_image_tokens(self) -> int:
-        """Language-model positions one image occupies: all patches (linear, mlp), or the learned queries/latents."""
+    def num_visual_tokens(self) -> int:
+        """Tokens the projector makes of one image: all patches (linear, mlp), or the learned queries/latents."""
         if self.projector_type == "qformer":
             return self.qformer_num_queries
         if self.projector_type == "perceiver":
             return self.perceiver_num_latents
         return self.num_patches
+
+    @property
+    def num_image_tokens(self) -> int:
+        """
+        Language-model positions one image occupies: its `num_visual_tokens` with early fusion, one marker token with
+        cross-attention fusion (the visual tokens are then keys and values of the cross-attention blocks).
+        """
+        return 1 if self.fusion == "cross_attention" else self.num_visual_tokens
+
+    @property
+    def cross_attention_layer_indices(self) -> list[int]:
+        """The decoder layers with a gated cross-attention block before them (none with early fusion)."""
+        if self.fusion != "cross_attention":
+            return []
+        if self.cross_attention_layers is not None:
+            return sorted(self.cross_attention_layers)
+        every = self.cross_attention_every
+        return list(range(every - 1, self.text_config.num_hidden_layers, every))
 
 
 __all__ = ["VLMConfig"]

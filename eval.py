@@ -31,7 +31,7 @@ from visualize import save_model_picture, write_gallery
 
 
 TABLE_COLUMNS = (
-    "model", "projector", "image tokens", "parameters", "projector parameters", "BLEU-4", "METEOR", "ROUGE-L",
+    "model", "projector", "fusion", "image tokens", "parameters", "bridge parameters", "BLEU-4", "METEOR", "ROUGE-L",
     "CIDEr", "captions/s",
 )  # fmt: skip
 
@@ -104,8 +104,8 @@ def comparison_table(rows: list[dict]) -> str:
     """Markdown table of evaluated models; metrics on pycocoevalcap's scale (CIDEr not multiplied by 100)."""
     cells = (
         (
-            row["model"], row["projector"], row["image_tokens"], f"{row['parameters']:,}",
-            f"{row['projector_parameters']:,}", f"{row['BLEU-4']:.4f}", f"{row['METEOR']:.4f}",
+            row["model"], row["projector"], row["fusion"], row["image_tokens"], f"{row['parameters']:,}",
+            f"{row['bridge_parameters']:,}", f"{row['BLEU-4']:.4f}", f"{row['METEOR']:.4f}",
             f"{row['ROUGE-L']:.4f}", f"{row['CIDEr']:.4f}", f"{row['captions_per_s']:.1f}",
         )  # fmt: skip
         for row in rows
@@ -114,13 +114,18 @@ def comparison_table(rows: list[dict]) -> str:
 
 
 def table_row(name: str, model: PreTrainedModel, metrics: dict[str, float], captions_per_s: float) -> dict:
-    """The comparison-table row of one model: its projector, sizes, throughput and scores."""
+    """
+    The comparison-table row of one model: its projector and fusion, image tokens in the language model's input,
+    sizes (the bridge: the projector and any cross-attention blocks), throughput and scores.
+    """
+    bridge = [model.multi_modal_projector, model.cross_attention_blocks]
     return {
         "model": name,
         "projector": model.config.projector_type,
+        "fusion": model.config.fusion,
         "image_tokens": model.config.num_image_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "projector_parameters": sum(p.numel() for p in model.multi_modal_projector.parameters()),
+        "bridge_parameters": sum(p.numel() for module in bridge for p in module.parameters()),
         "captions_per_s": captions_per_s,
         **metrics,
     }

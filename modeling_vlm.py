@@ -2,10 +2,12 @@
 """PyTorch VLM: a vision tower, a projector chosen by `config.projector_type` and a causal language model.
 
 An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, vision_dim)` -> `multi_modal_projector`
-image embeddings `(num_images, num_image_tokens, text_dim)` -> written over the image placeholder embeddings of the
-prompt -> `language_model` -> logits of the next tokens.
+image embeddings `(num_images, num_visual_tokens, text_dim)` -> written over the image placeholder embeddings of the
+prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`)
+-> `language_model` -> logits of the next tokens.
 """
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -76,6 +78,11 @@ class VLMCausalLMOutputWithPast(ModelOutput):
         Projected image embeddings that were written into the prompt.
     projector_attentions (`tuple[torch.FloatTensor]`, *optional*):
         The projector's `cross_attentions` (see [`VLMProjectorOutput`]), returned with `output_attentions=True`.
+    cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
+        With `fusion="cross_attention"` and `output_attentions=True`, the attention of the text tokens over the image
+        tokens in each gated cross-attention block (in layer order), of shape
+        `(batch_size, num_heads, sequence_length, num_slots * num_visual_tokens)`: a row's images in slots, in the
+        order of their markers. Tokens with no image before them attend uniformly and are not used.
     """
 
     loss: torch.FloatTensor | None = None
@@ -85,6 +92,7 @@ class VLMCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     projector_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class VLMLinearProjector(nn.Module):
@@ -237,6 +245,165 @@ class VLMPerceiverResampler(nn.Module):
         )
 
 
+@dataclass
+class VLMImageCache:
+    r"""
+    What cross-attention fusion keeps of a batch's images for the decoding steps, attached to the language model's
+    cache at the prefill step so that the keys and values are computed once per sequence.
+
+    keys_values (`dict[int, tuple[torch.FloatTensor, torch.FloatTensor]]`):
+        Per decoder layer with a block before it, the block's `(key, value)`, each of shape
+        `(batch_size, num_heads, num_slots * num_visual_tokens, head_dim)`: the visual tokens of each row's images in
+        the order of their markers, padded to the row with the most images (`num_slots`).
+    key_slots (`torch.LongTensor` of shape `(num_slots * num_visual_tokens,)`):
+        The image slot of each key.
+    last_slots (`torch.LongTensor` of shape `(batch_size,)`):
+        Each row's last image slot, the one every new token attends to (`-1`: the row has no image).
+    """
+
+    keys_values: dict[int, tuple[torch.FloatTensor, torch.FloatTensor]]
+    key_slots: torch.LongTensor
+    last_slots: torch.LongTensor
+
+
+@dataclass
+class VLMCrossAttentionContext:
+    r"""
+    What the gated cross-attention blocks read during one forward pass of the language model.
+
+    images ([`VLMImageCache`]):
+        The batch's images; the blocks fill `images.keys_values` when `visual_states` is given.
+    visual_states (`torch.FloatTensor` of shape `(batch_size, num_slots * num_visual_tokens, text_hidden_size)`):
+        Projected image tokens per row, from which the blocks compute their keys and values; `None` at a decoding
+        step, whose keys and values come from `images.keys_values`.
+    attention_mask (`torch.BoolTensor` of shape `(batch_size, 1, sequence_length, num_slots * num_visual_tokens)`):
+        `True` where a text token may attend to a key: the tokens of the most recent image at or before it.
+    has_image (`torch.BoolTensor` of shape `(batch_size, sequence_length, 1)`):
+        Whether an image precedes the token; the blocks leave the other tokens exactly as they are.
+    attentions (`dict[int, torch.FloatTensor]`, *optional*):
+        Filled with each block's attention weights `(batch_size, num_heads, sequence_length, num_keys)` when asked.
+    """
+
+    images: VLMImageCache
+    visual_states: torch.FloatTensor | None
+    attention_mask: torch.BoolTensor
+    has_image: torch.BoolTensor
+    attentions: dict[int, torch.FloatTensor] | None = None
+
+
+class VLMCrossAttention(nn.Module):
+    """Multi-head attention of the text hidden states (queries) over projected image tokens (keys and values)."""
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        dim = config.text_config.hidden_size
+        self.num_heads = config.text_config.num_attention_heads
+        self.head_dim = dim // self.num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_keys_values(self, visual_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`visual_states` `(batch, num_keys, dim)` -> key and value `(batch, num_heads, num_keys, head_dim)`."""
+        return self._split_heads(self.k_proj(visual_states)), self._split_heads(self.v_proj(visual_states))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.BoolTensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`hidden_states` `(batch, seq, dim)`; `attention_mask` `(batch, 1, seq, num_keys)`, `True` = attend."""
+        query = self._split_heads(self.q_proj(hidden_states))
+        if output_attentions:
+            scores = query @ key.transpose(-1, -2) * self.head_dim**-0.5
+            attn_weights = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+            attn_output = attn_weights @ value
+        else:
+            attn_weights = None
+            attn_output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        attn_output = attn_output.transpose(1, 2).reshape(hidden_states.shape)
+        return self.o_proj(attn_output), attn_weights
+
+
+class VLMGatedCrossAttentionBlock(nn.Module):
+    """
+    Flamingo's GATED XATTN-DENSE block, inserted before a frozen decoder layer: pre-norm cross-attention to the image
+    tokens, then a pre-norm FFN, each added to the residual stream scaled by `tanh(gate)`. The gates start at 0, so
+    an untrained block leaves the language model exactly as it was. Tokens with no image before them are left
+    untouched (as Llama 3.2 Vision masks them).
+    """
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        dim = config.text_config.hidden_size
+        self.attention_norm = nn.LayerNorm(dim)
+        self.cross_attn = VLMCrossAttention(config)
+        self.attention_gate = nn.Parameter(torch.zeros(1))
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, dim * config.projector_ffn_multiplier),
+            ACT2FN[config.projector_hidden_act],
+            nn.Linear(dim * config.projector_ffn_multiplier, dim),
+        )
+        self.ffn_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.BoolTensor,
+        has_image: torch.BoolTensor,
+        visual_states: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """
+        `hidden_states` `(batch, seq, dim)` of the language model; the keys and values from `visual_states`
+        `(batch, num_keys, dim)`, or precomputed in `key_value`. Returns the new hidden states, the `(key, value)` used
+        and, with `output_attentions`, the attention weights `(batch, num_heads, seq, num_keys)`.
+        """
+        dtype = self.attention_gate.dtype
+        hidden = hidden_states.to(dtype)
+        if visual_states is not None:
+            key_value = self.cross_attn.project_keys_values(visual_states.to(dtype))
+        attn_output, attn_weights = self.cross_attn(self.attention_norm(hidden), *key_value, attention_mask, output_attentions)
+        hidden = hidden + self.attention_gate.tanh() * attn_output
+        hidden = hidden + self.ffn_gate.tanh() * self.ffn(self.ffn_norm(hidden))
+        return torch.where(has_image, hidden.to(hidden_states.dtype), hidden_states), key_value, attn_weights
+
+
+# Where causal language models keep their decoder layers, relative to their base model.
+DECODER_LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks")
+
+# The attribute of the language model's cache that holds a batch's [`VLMImageCache`] with cross-attention fusion.
+IMAGE_CACHE_ATTRIBUTE = "vlm_image_cache"
+
+def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
+    """
+    The decoder layers of a causal language model (`layers` in Llama, Qwen2, Mistral, Gemma; `h` in GPT-2;
+    `decoder.layers` in OPT): the `nn.ModuleList` of `num_hidden_layers` modules under its base model.
+    """
+    base_model, num_layers = language_model.base_model, language_model.config.num_hidden_layers
+    for path in DECODER_LAYER_PATHS:
+        module = base_model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ValueError(
+        f"fusion='cross_attention' inserts blocks before decoder layers, but the language model "
+        f"{type(language_model).__name__} has no nn.ModuleList of its {num_layers} layers at any of "
+        f"{', '.join(f'{type(base_model).__name__}.{path}' for path in DECODER_LAYER_PATHS)}; use fusion='early' "
+        "with this model, or a language model with one of those layouts."
+    )
+
+
 # Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
 TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
 
@@ -272,6 +439,9 @@ class VLMPreTrainedModel(PreTrainedModel):
             init.normal_(module.query_tokens, mean=0.0, std=std)
         elif isinstance(module, VLMPerceiverResampler):
             init.normal_(module.latents, mean=0.0, std=std)
+        elif isinstance(module, VLMGatedCrossAttentionBlock):
+            init.zeros_(module.attention_gate)
+            init.zeros_(module.ffn_gate)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -291,8 +461,12 @@ class VLMPreTrainedModel(PreTrainedModel):
 
 class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     """
-    Vision tower + projector + causal language model. Projected image embeddings replace the embeddings of the
-    `config.image_token_id` placeholders (LLaVA-style), `config.num_image_tokens` placeholders per image.
+    Vision tower + projector + causal language model. With `config.fusion="early"`, projected image embeddings replace
+    the embeddings of the `config.image_token_id` placeholders (LLaVA-style), `config.num_image_tokens` placeholders
+    per image. With `"cross_attention"`, each image is one marker token, and the text after it attends to the
+    image's projected tokens through [`VLMGatedCrossAttentionBlock`]s (`cross_attention_blocks`, keyed by decoder
+    layer) that forward pre-hooks run before the chosen decoder layers: the language model's code, weights and
+    state-dict keys are untouched.
     """
 
     def __init__(self, config: VLMConfig):
@@ -300,8 +474,58 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.cross_attention_blocks = nn.ModuleDict(
+            {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
+        )
+        self._cross_attention_context: VLMCrossAttentionContext | None = None
+        self._cross_attention_hooks: list = []
+        self.attach_cross_attention_blocks()
         self.post_init()
         self.suppress_image_token()
+
+    def attach_cross_attention_blocks(self) -> None:
+        """
+        Registers the forward pre-hooks that run `cross_attention_blocks` before their decoder layers of
+        `language_model` (again, after the language model was replaced). Raises `ValueError` when its decoder layers
+        cannot be found.
+        """
+        for handle in self._cross_attention_hooks:
+            handle.remove()
+        self._cross_attention_hooks = []
+        if not self.config.cross_attention_layer_indices:
+            return
+        layers = find_decoder_layers(self.language_model)
+        for layer in self.config.cross_attention_layer_indices:
+            hook = functools.partial(self._run_cross_attention_block, layer)
+            self._cross_attention_hooks.append(layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _run_cross_attention_block(self, layer: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        """Forward pre-hook of decoder layer `layer`: its hidden states through the block before it."""
+        context = self._cross_attention_context
+        if context is None:
+            return None
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        if hidden_states.shape[:2] != context.has_image.shape[:2]:
+            raise RuntimeError(
+                f"The cross-attention inputs are for a {tuple(context.has_image.shape[:2])} batch but decoder layer "
+                f"{layer} got hidden states of shape {tuple(hidden_states.shape)}: call the VLM, not its "
+                "language_model, to run images through it."
+            )
+        block = self.cross_attention_blocks[str(layer)]  # looked up per call: PEFT may have wrapped it
+        hidden_states, key_value, attn_weights = block(
+            hidden_states,
+            context.attention_mask,
+            context.has_image,
+            visual_states=context.visual_states,
+            key_value=context.images.keys_values.get(layer),
+            output_attentions=context.attentions is not None,
+        )
+        context.images.keys_values[layer] = key_value
+        if context.attentions is not None:
+            context.attentions[layer] = attn_weights
+        if args:
+            return (hidden_states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden_states}
 
     def suppress_image_token(self) -> None:
         """
@@ -407,9 +631,10 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        num_cached_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
         self._check_sequence_length(
             num_new_tokens=(input_ids if input_ids is not None else inputs_embeds).shape[1],
-            num_cached_tokens=past_key_values.get_seq_length() if past_key_values is not None else 0,
+            num_cached_tokens=num_cached_tokens,
         )
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -419,25 +644,40 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
             image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
-            inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
+            if self.config.fusion == "early":
+                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
         elif input_ids is not None and (input_ids == self.config.image_token_id).any():
             raise ValueError(
                 f"The input has image placeholder tokens ({self.config.image_token!r}) but no `pixel_values` or "
                 "`vision_features`; pass the images the processor returned."
             )
 
-        outputs = self.language_model.base_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
-        )
+        context = None
+        if self.config.fusion == "cross_attention":
+            image_embeds = image_outputs.image_embeds if image_outputs is not None else None
+            context = self.cross_attention_context(
+                input_ids, inputs_embeds.shape[:2], image_embeds, past_key_values, bool(output_attentions)
+            )
+        self._cross_attention_context = context
+        try:
+            outputs = self.language_model.base_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **kwargs,
+            )
+        finally:
+            # Gradient checkpointing re-runs the blocks in backward, so a training step keeps the context until the next.
+            if context is not None and not (self.training and self._is_checkpointing_activations()):
+                self._cross_attention_context = None
         hidden_states = outputs.last_hidden_state
+        if self.config.fusion == "cross_attention" and outputs.past_key_values is not None and num_cached_tokens == 0:
+            setattr(outputs.past_key_values, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
 
         loss = None
         if labels is not None:
@@ -457,7 +697,82 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=image_outputs.image_embeds if image_outputs is not None else None,
             projector_attentions=image_outputs.cross_attentions if image_outputs is not None else None,
+            cross_attentions=tuple(context.attentions[layer] for layer in sorted(context.attentions))
+            if context is not None and context.attentions is not None
+            else None,
         )
+
+    def cross_attention_context(
+        self,
+        input_ids: torch.LongTensor | None,
+        input_shape: tuple[int, int],
+        image_embeds: torch.FloatTensor | None,
+        past_key_values: Cache | None,
+        output_attentions: bool = False,
+    ) -> VLMCrossAttentionContext | None:
+        """
+        What the cross-attention blocks read for an input of `input_shape` `(batch, seq)`: the `image_embeds`
+        `(num_images, num_visual_tokens, dim)` of a first call, or the images cached at the prefill step of
+        `past_key_values`. `None` when no image precedes any token.
+        """
+        is_decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if is_decoding and image_embeds is not None:
+            raise ValueError(
+                "With fusion='cross_attention', images are read at the first call of a sequence (the prefill step); "
+                "this call continues a cached sequence. Start a new sequence with all its images instead."
+            )
+        if is_decoding:
+            images, visual_states = getattr(past_key_values, IMAGE_CACHE_ATTRIBUTE, None), None
+            if images is None:
+                return None
+            token_slots = images.last_slots[:, None].expand(input_shape)
+        elif image_embeds is None or len(image_embeds) == 0:
+            return None
+        else:
+            images, visual_states, token_slots = self._arrange_images(input_ids, image_embeds)
+        has_image = token_slots >= 0
+        attention_mask = token_slots[:, None, :, None] == images.key_slots
+        # A token with no image attends everywhere (a fully masked row would give NaN); the block then skips it.
+        attention_mask = attention_mask | ~has_image[:, None, :, None]
+        return VLMCrossAttentionContext(
+            images=images,
+            visual_states=visual_states,
+            attention_mask=attention_mask,
+            has_image=has_image.unsqueeze(-1),
+            attentions={} if output_attentions else None,
+        )
+
+    def _arrange_images(
+        self, input_ids: torch.LongTensor, image_embeds: torch.FloatTensor
+    ) -> tuple[VLMImageCache, torch.FloatTensor, torch.LongTensor]:
+        """
+        The images of each row in slots, in the order of their markers: a [`VLMImageCache`] without keys and values
+        yet, the visual states `(batch, num_slots * num_visual_tokens, dim)`, and each token's slot `(batch, seq)`
+        (the count of markers up to and including it, minus one).
+        """
+        markers = input_ids == self.config.image_token_id
+        counts = markers.sum(dim=1)
+        num_images, tokens_per_image = image_embeds.shape[:2]
+        if int(counts.sum()) != num_images:
+            raise ValueError(
+                f"The input has {int(counts.sum())} image marker tokens ({self.config.image_token!r}, id "
+                f"{self.config.image_token_id}) but {num_images} image(s) were given. With fusion='cross_attention' "
+                f"each image is one {self.config.image_token!r} in the text (VLMProcessor writes it so); pass exactly "
+                "one image per marker, in order."
+            )
+        slots = torch.arange(int(counts.max()), device=input_ids.device)
+        first_image = counts.cumsum(0) - counts
+        image_index = (first_image[:, None] + slots).clamp(max=num_images - 1)  # padded slots repeat a real image
+        visual_states = image_embeds[image_index].flatten(1, 2)
+        images = VLMImageCache(
+            keys_values={}, key_slots=slots.repeat_interleave(tokens_per_image), last_slots=counts - 1
+        )
+        return images, visual_states, markers.cumsum(dim=1) - 1
+
+    def _is_checkpointing_activations(self) -> bool:
+        """Whether the language model recomputes its layers in backward (the property's name differs in 4.x)."""
+        lm = self.language_model
+        return lm.is_gradient_checkpointing if IS_TRANSFORMERS_4 else lm.is_activation_checkpointing
 
     def _check_sequence_length(self, num_new_tokens: int, num_cached_tokens: int = 0) -> None:
         """
@@ -547,14 +862,15 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         cls,
         vision: str | os.PathLike,
         text: str | os.PathLike,
-        projector_type: str = "mlp",
+        projector_type: str | None = None,
         image_token: str = "<image>",
         dtype: torch.dtype | None = None,
         **config_kwargs,
     ) -> tuple["VLMForConditionalGeneration", VLMProcessor]:
         """
         A new model whose vision tower and language model are loaded from pretrained checkpoints (Hub ids or local
-        directories) and whose projector is freshly initialised, with the matching [`VLMProcessor`].
+        directories) and whose projector (and, with `fusion="cross_attention"`, gated cross-attention blocks) is
+        freshly initialised, with the matching [`VLMProcessor`]. `config_kwargs` are further [`VLMConfig`] settings.
 
         The vision checkpoint may be a vision-only model or a dual encoder (e.g. `google/siglip-base-patch16-224`),
         whose vision half is used. `image_token` is added to the tokenizer and the embeddings are resized if needed.
@@ -583,9 +899,15 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             model = cls(config)
         model.vision_tower = vision_tower
         model.language_model = language_model
-        model.multi_modal_projector = PROJECTOR_CLASSES[projector_type](config)
+        model.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
         model.multi_modal_projector.apply(model._init_weights)
         model.multi_modal_projector.to(dtype or torch.float32)
+        model.cross_attention_blocks = nn.ModuleDict(
+            {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
+        )
+        model.cross_attention_blocks.apply(model._init_weights)
+        model.cross_attention_blocks.to(dtype or torch.float32)
+        model.attach_cross_attention_blocks()
         model.generation_config = language_model.generation_config
         model.suppress_image_token()
         model.tie_weights()

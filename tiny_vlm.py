@@ -60,6 +60,8 @@ TINY_PROJECTOR_CONFIG: dict[str, Any] = {
     "perceiver_num_latents": 8,
     "perceiver_num_layers": 2,
     "perceiver_num_heads": 2,
+    # With fusion="cross_attention", a gated cross-attention block before each of the two decoder layers.
+    "cross_attention_every": 1,
 }
 
 

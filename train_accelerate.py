@@ -14,10 +14,11 @@ override them:
 `--compare` trains several runs one after the other and prints a table of them, with the untrained model of the
 first run as baseline. Its value is a comma-separated list of items, each one of:
 
-- `all` or a projector type (`linear`, `mlp`, `qformer`, `perceiver`): the `--config` run with that projector, in
-  `<output_dir>/<projector>`;
+- a run name: a projector type (`linear`, `mlp`, `qformer`, `perceiver`) for the `--config` run with that
+  projector and early fusion, or `<projector>_xattn` (e.g. `perceiver_xattn`) for it with gated cross-attention
+  fusion, in `<output_dir>/<name>`; `all` is the four projectors and `perceiver_xattn`;
 - a YAML file: that run;
-- a family prefix such as `configs/coco`: the files `configs/coco_<projector>.yaml` that exist.
+- a family prefix such as `configs/coco`: the files `configs/coco_<name>.yaml` that exist.
 
     python train_accelerate.py --config configs/tiny_shapes.yaml --compare all     # offline, < 10 min on 2 CPU cores
     accelerate launch train_accelerate.py --compare configs/coco --image_root /data/coco
@@ -36,13 +37,15 @@ from pathlib import Path
 from accelerate import PartialState
 from transformers import HfArgumentParser
 
-from configuration_vlm import PROJECTOR_TYPES
 from training import (
+    ALL_RUNS,
+    RUN_NAMES,
     TrainingResults,
     VLMTrainingArguments,
     load_yaml_config,
     projector_comparison_table,
     run_comparison,
+    run_settings,
     train,
 )
 
@@ -58,7 +61,7 @@ def build_parser() -> HfArgumentParser:
     parser.add_argument(
         "--compare",
         help="Train several runs one after the other and print their table: a comma-separated list of 'all', "
-        "projector types, YAML files or family prefixes (see above).",
+        "run names, YAML files or family prefixes (see above).",
     )
     return parser
 
@@ -77,19 +80,17 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
     output_dir_flag = any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv)
     for item in spec.split(","):
         item = item.strip()
-        if item == "all" or item in PROJECTOR_TYPES:
+        if item == "all" or item in RUN_NAMES:
             base = parse_args(argv, config)
-            projectors = PROJECTOR_TYPES if item == "all" else (item,)
-            runs += [replace(base, projector_type=p, output_dir=os.path.join(base.output_dir, p)) for p in projectors]
+            names = ALL_RUNS if item == "all" else (item,)
+            runs += [replace(base, **run_settings(n), output_dir=os.path.join(base.output_dir, n)) for n in names]
             continue
-        paths = (
-            [Path(item)] if item.endswith((".yaml", ".yml")) else [Path(f"{item}_{p}.yaml") for p in PROJECTOR_TYPES]
-        )
+        paths = [Path(item)] if item.endswith((".yaml", ".yml")) else [Path(f"{item}_{n}.yaml") for n in RUN_NAMES]
         paths = [path for path in paths if path.is_file()]
         if not paths:
             raise ValueError(
-                f"--compare item {item!r} is neither 'all', a projector type ({', '.join(PROJECTOR_TYPES)}), a YAML "
-                f"file, nor a prefix of {item}_<projector>.yaml files."
+                f"--compare item {item!r} is neither 'all', a run name ({', '.join(RUN_NAMES)}), a YAML file, nor a "
+                f"prefix of {item}_<name>.yaml files."
             )
         for path in paths:
             run = parse_args(argv, path)

@@ -1,10 +1,8 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
-Pictures of what a captioning model looks at, and of what it writes:
+Pictures of what a captioning model looks at (the maps of [`attention_maps`]), and of what it writes:
 
-- [`projector_attention_maps`]: where each Q-Former query / Perceiver latent attends over the patch grid;
-- [`saliency_map`]: the gradient saliency of a caption over the patch grid, for projectors without attention;
-- [`save_attention_grid`], [`save_saliency_map`]: those maps over the image as labelled PNGs with a title and a colour
+- [`save_attention_grid`], [`save_saliency_map`]: maps over the image as labelled PNGs with a title and a colour
   bar; [`save_model_picture`] draws the one that fits a model;
 - [`write_gallery`]: `gallery.html` and `contact_sheet.png`, every model's caption beside each image, under a heading
   with the dataset and every model's scores.
@@ -16,7 +14,6 @@ import base64
 import functools
 import html
 import io
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +23,19 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import PIL.ImageOps
 import torch
-from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
+from attention_maps import (
+    PROJECTORS_WITH_ATTENTION_MAPS,
+    attending_layers,
+    cross_attention_maps,
+    projector_attention_maps,
+    saliency_map,
+)
 from caption_metrics import CIDER_SCALE_NOTE
-from captioning import caption_messages
 from markdown_tables import format_score
 
 
-PROJECTORS_WITH_ATTENTION_MAPS = ("qformer", "perceiver")
 GALLERY_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
 EMPTY_CAPTION = "(empty)"
 ELLIPSIS = "…"
@@ -63,54 +65,6 @@ HEATMAP_COLOURS = {"black": (0, 0, 4), "mid": (190, 55, 85), "white": (252, 255,
 HEATMAP_ALPHA = 0.6
 
 
-def projector_attention_maps(model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image) -> torch.Tensor:
-    """
-    Where each Q-Former query / Perceiver latent looks: `(num_layers + 1, num_image_tokens, grid, grid)`, the
-    cross-attention of every attending layer averaged over heads, then the mean over layers. Each map is a
-    distribution over the patch grid (sums to 1); the Perceiver's attention to the latents themselves is left out
-    and its patch part renormalised.
-    """
-    pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
-    with torch.no_grad():
-        attentions = model.get_image_features(pixel_values, output_attentions=True).cross_attentions
-    if not attentions:
-        raise ValueError(f"projector_type={model.config.projector_type!r} has no attention maps; use saliency_map.")
-    num_patches = model.config.num_patches
-    per_layer = torch.stack([attention[0].float().mean(0)[:, :num_patches] for attention in attentions])
-    per_layer = per_layer / per_layer.sum(-1, keepdim=True)
-    maps = torch.cat([per_layer, per_layer.mean(0, keepdim=True)])
-    grid = math.isqrt(num_patches)
-    return maps.reshape(maps.shape[0], maps.shape[1], grid, grid).cpu()
-
-
-def attending_layers(config: PretrainedConfig) -> list[int]:
-    """The 1-based projector layers whose cross-attention [`projector_attention_maps`] returns, in order."""
-    if config.projector_type == "qformer":
-        # transformers' Blip2QFormerLayer cross-attends where layer_idx % cross_attention_frequency == 0.
-        return list(range(1, config.qformer_num_layers + 1, config.qformer_cross_attention_frequency))
-    return list(range(1, config.perceiver_num_layers + 1))
-
-
-def saliency_map(
-    model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image, caption: str
-) -> torch.Tensor:
-    """
-    Gradient saliency of `caption` over the patch grid, `(grid, grid)` summing to 1: the norm of the gradient of the
-    caption's log-likelihood with respect to each patch token of the vision tower.
-    """
-    text = processor.apply_chat_template(caption_messages(caption=caption))
-    inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        vision_features = model.get_vision_features(inputs.pop("pixel_values").to(model.dtype))
-    vision_features.requires_grad_(True)
-    loss = model(**inputs, vision_features=vision_features, labels=processor.build_labels(inputs["input_ids"])).loss
-    (gradient,) = torch.autograd.grad(loss, vision_features)
-    saliency = gradient[0].float().norm(dim=-1)
-    saliency = saliency / saliency.sum()
-    grid = math.isqrt(saliency.numel())
-    return saliency.reshape(grid, grid).cpu()
-
-
 def save_model_picture(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -121,11 +75,20 @@ def save_model_picture(
     path: str,
 ) -> None:
     """
-    PNG of what `model` (called `model_name`) looks at in `image`: the projector's attention grid for Q-Former and
-    Perceiver models, the gradient saliency of its `caption` for the others.
+    PNG of what `model` (called `model_name`) looks at in `image`: with cross-attention fusion, where its `caption`
+    attends in each gated block; else the projector's attention grid for Q-Former and Perceiver models, the gradient
+    saliency of its `caption` for the others.
     """
     config = model.config
     heading = f"{model_name} · {config.projector_type} projector · image {image_id}"
+    if config.fusion == "cross_attention":
+        maps = cross_attention_maps(model, processor, image, caption)
+        grid = maps.shape[-1]
+        explanation = f"Caption tokens' cross-attention over the {grid}x{grid} patch grid, per gated block; last: mean."
+        rows = [f"layer {layer}" for layer in config.cross_attention_layer_indices] + ["mean"]
+        title = (f"{heading} · cross-attention", explanation)
+        save_attention_grid(image, maps[:, None], path, title, rows, ["caption"])
+        return
     if config.projector_type not in PROJECTORS_WITH_ATTENTION_MAPS:
         save_saliency_map(image, saliency_map(model, processor, image, caption), caption, path, heading)
         return

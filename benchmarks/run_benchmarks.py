@@ -9,6 +9,8 @@ images), so that they run without the Hub:
 2. `vision`: vision-tower feature extraction (images/s) and, with the feature cache on, the share of a training epoch
    spent on the vision tower;
 3. `generation`: batched greedy captioning with the KV cache (`captioning.generate_captions`): captions/s;
+   `fusion`: early against cross-attention fusion at the same visual budget (`perceiver` against `perceiver_xattn`,
+   64 latents each), from the rows of 1 and 3: the language model's sequence length, samples/s, memory, captions/s;
 4. `seed_experiment`: wall time of seed 000's experiment (mlp, qformer and perceiver, `align` stage, evaluation every
    epoch) through `training.run_comparison`, the entry point of `train_accelerate.py --compare`; only with
    `--small` on CPU, at tiny sizes;
@@ -40,12 +42,13 @@ from benchmarks.sections import (
     benchmark_seed_experiment,
     benchmark_training,
     benchmark_vision,
+    fusion_comparison,
     karpathy_epoch_extrapolation,
     vision_epoch_share,
 )
 from benchmarks.workloads import benchmark_settings
-from configuration_vlm import PROJECTOR_TYPES
 from markdown_tables import markdown_table
+from training.comparison import RUN_NAMES
 
 
 def run_benchmarks(
@@ -57,11 +60,13 @@ def run_benchmarks(
     training = benchmark_training(settings, device)
     vision = benchmark_vision(settings, device)
     release_memory()
+    generation = benchmark_generation(settings, device)
     report = {
         "settings": vars(settings),
         "training": training,
         "vision": {"extraction": vision, "epoch_share": vision_epoch_share(vision, training)},
-        "generation": benchmark_generation(settings, device),
+        "generation": generation,
+        "fusion": fusion_comparison(training, generation),
         "seed_experiment": benchmark_seed_experiment(settings, device),
         "karpathy_epoch": karpathy_epoch_extrapolation(training),
         "loss_lever": benchmark_loss_lever(settings, device),
@@ -99,6 +104,12 @@ def format_report(report: dict[str, Any]) -> str:
             ((r["projector"], r["batch_size"], r["num_captions"], r["max_new_tokens"], f"{r['captions_per_s']:.2f}")
              for r in report["generation"]),
         ),
+        "Early vs cross-attention fusion at the same visual budget (align; largest batch):\n" + markdown_table(
+            ("run", "fusion", "batch", "LLM seq len", "trainable params", "samples/s", "peak MB", "captions/s"),
+            ((r["run"], r["fusion"], r["batch_size"], r["sequence_length"], f"{r['trainable_parameters']:,}",
+              f"{r['samples_per_s']:.2f}", f"{r['peak_memory_mb']:.0f}",
+              "-" if r["captions_per_s"] is None else f"{r['captions_per_s']:.2f}") for r in report["fusion"]),
+        ),
         "Seed 000 experiment: " + (
             f"{seed['wall_s']:.1f} s wall for {', '.join(seed['projectors'])} x {seed['num_train_epochs']} epochs x "
             f"{seed['max_train_samples']} samples, {seed['max_eval_samples']} eval images per epoch"
@@ -128,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line: runs the benchmarks, prints the tables and writes the JSON report to `--output`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke test on CPU, not a timing")
-    parser.add_argument("--projectors", nargs="+", choices=PROJECTOR_TYPES, help="default: all")
+    parser.add_argument(
+        "--projectors", nargs="+", choices=RUN_NAMES, help="runs: projector types, or <projector>_xattn for "
+        "cross-attention fusion; default: the four projectors and perceiver_xattn"
+    )
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="training and vision batch sizes")
     parser.add_argument("--output", help="JSON file for the report")
     args = parser.parse_args(argv)

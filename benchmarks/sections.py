@@ -1,8 +1,8 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
 The benchmark sections: the `align` training step (`training.training_step`, the step `train()` runs), vision-tower
-features and their share of an epoch, batched generation, seed 000's experiment end to end, the COCO-Karpathy epoch
-extrapolated from the step rate, and the labelled-positions loss lever.
+features and their share of an epoch, batched generation, early against cross-attention fusion, seed 000's experiment
+end to end, the COCO-Karpathy epoch extrapolated from the step rate, and the labelled-positions loss lever.
 
 Accelerate holds one mixed precision per process: every section that trains runs in the recipe's (`training_precision`:
 bf16 on CUDA, none on CPU), seed 000's experiment included.
@@ -28,6 +28,7 @@ from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 from training import VLMTrainingArguments, run_comparison, training_step
 from training.checkpointing import TrainerState, keep_checkpoints_lean, save_checkpoint
+from training.comparison import run_settings
 from training.integrity import FrozenWeights
 from training.model_setup import build_optimizer, configure_trainable_parameters
 
@@ -50,19 +51,19 @@ def benchmark_training(settings: BenchmarkSettings, device: torch.device) -> lis
     """
     accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=training_precision(device))
     rows = []
-    for projector_type in settings.projectors:
-        rows += time_training_steps(accelerator, projector_type, settings, device)
+    for run_name in settings.projectors:
+        rows += time_training_steps(accelerator, run_name, settings, device)
         accelerator.free_memory()  # the prepared model and optimizer of this projector
         release_memory()
     return rows
 
 
 def prepared_align_model(
-    accelerator: Accelerator, projector_type: str, small: bool, device: torch.device
+    accelerator: Accelerator, run_name: str, small: bool, device: torch.device
 ) -> tuple[torch.nn.Module, VLMProcessor, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """A benchmark model in the `align` stage with AdamW (the defaults of a run) and a constant schedule, prepared."""
     defaults = VLMTrainingArguments(model="tiny")
-    model, processor = build_benchmark_model(projector_type, small)
+    model, processor = build_benchmark_model(run_name, small)
     model = configure_trainable_parameters(model.to(device), "align")
     betas, eps = (defaults.adam_beta1, defaults.adam_beta2), defaults.adam_epsilon
     optimizer = build_optimizer(model, defaults.learning_rate, None, defaults.weight_decay, betas, eps)
@@ -71,10 +72,10 @@ def prepared_align_model(
 
 
 def time_training_steps(
-    accelerator: Accelerator, projector_type: str, settings: BenchmarkSettings, device: torch.device
+    accelerator: Accelerator, run_name: str, settings: BenchmarkSettings, device: torch.device
 ) -> list[dict[str, Any]]:
-    """The training-step measurements of one projector, one row per batch size."""
-    model, processor, optimizer, scheduler = prepared_align_model(accelerator, projector_type, settings.small, device)
+    """The training-step measurements of one run (a projector and its fusion), one row per batch size."""
+    model, processor, optimizer, scheduler = prepared_align_model(accelerator, run_name, settings.small, device)
     max_grad_norm = VLMTrainingArguments(model="tiny").max_grad_norm
     rows = []
     for batch_size in settings.batch_sizes:
@@ -88,7 +89,7 @@ def time_training_steps(
             seconds = time_calls(step, device, settings.warmup_steps, settings.timed_steps)
         rows.append(
             {
-                "projector": projector_type,
+                "projector": run_name,
                 "batch_size": batch_size,
                 "sequence_length": batch["input_ids"].shape[1],
                 "labelled_tokens": int((batch["labels"] != -100).sum()),
@@ -165,11 +166,11 @@ def benchmark_generation(settings: BenchmarkSettings, device: torch.device) -> l
     """
     images = synthetic_images(settings.generation_images)
     rows = []
-    for projector_type in settings.projectors:
-        seconds = generation_seconds(projector_type, images, settings, device)
+    for run_name in settings.projectors:
+        seconds = generation_seconds(run_name, images, settings, device)
         rows.append(
             {
-                "projector": projector_type,
+                "projector": run_name,
                 "batch_size": settings.generation_batch_size,
                 "num_captions": len(images),
                 "max_new_tokens": settings.max_new_tokens,
@@ -181,10 +182,10 @@ def benchmark_generation(settings: BenchmarkSettings, device: torch.device) -> l
 
 
 def generation_seconds(
-    projector_type: str, images: list[Image.Image], settings: BenchmarkSettings, device: torch.device
+    run_name: str, images: list[Image.Image], settings: BenchmarkSettings, device: torch.device
 ) -> float:
-    """Seconds to caption `images` with a `projector_type` model, after a short untimed warm-up."""
-    model, processor = build_benchmark_model(projector_type, settings.small)
+    """Seconds to caption `images` with the model of `run_name`, after a short untimed warm-up."""
+    model, processor = build_benchmark_model(run_name, settings.small)
     model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     def caption() -> None:
@@ -192,6 +193,36 @@ def generation_seconds(
 
     generate_captions(model, processor, images[: settings.generation_batch_size], settings.generation_batch_size, 2)
     return time_calls(caption, device, warmup=0, repeats=1)
+
+
+def fusion_comparison(training: list[dict[str, Any]], generation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Early against cross-attention fusion at the same visual budget, derived from the measured rows: for every
+    `<projector>_xattn` run measured beside its `<projector>` run, both runs' language-model sequence length,
+    trainable parameters, training samples/s and peak memory at the largest batch size, and generation captions/s.
+    """
+    train = {row["projector"]: row for row in largest_batch_rates(training)}
+    captions = {row["projector"]: row["captions_per_s"] for row in generation}
+    rows = []
+    for name in train:
+        projector_type = run_settings(name)["projector_type"]
+        if name == projector_type or projector_type not in train:
+            continue
+        for run in (projector_type, name):
+            row = train[run]
+            rows.append(
+                {
+                    "run": run,
+                    "fusion": run_settings(run)["fusion"],
+                    "batch_size": row["batch_size"],
+                    "sequence_length": row["sequence_length"],
+                    "trainable_parameters": row["trainable_parameters"],
+                    "samples_per_s": row["samples_per_s"],
+                    "peak_memory_mb": row["peak_memory_mb"],
+                    "captions_per_s": captions.get(run),
+                }
+            )
+    return rows
 
 
 def benchmark_seed_experiment(settings: BenchmarkSettings, device: torch.device) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from configuration_vlm import PROJECTOR_TYPES, VLMConfig
+from configuration_vlm import VLMConfig
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor, make_chat_template
 from tiny_vlm import (
@@ -23,6 +23,7 @@ from tiny_vlm import (
     build_tiny_vlm,
     set_tiny_generation_config,
 )
+from training.comparison import ALL_RUNS, run_settings
 from training.data import CaptionCollator
 
 
@@ -48,7 +49,10 @@ class BenchmarkSettings:
 def benchmark_settings(
     small: bool, projectors: Sequence[str] | None = None, batch_sizes: Sequence[int] | None = None
 ) -> BenchmarkSettings:
-    """Defaults per size and device: tiny and quick with `small`, CPU-feasible real size, or the H100 targets."""
+    """
+    Defaults per size and device: tiny and quick with `small`, CPU-feasible real size, or the H100 targets.
+    `projectors` are run names of `train_accelerate.py --compare` (`perceiver`, `perceiver_xattn`, ...).
+    """
     cuda = torch.cuda.is_available()
     if small:
         default_batches, repetitions, generation = (2, 4), (1, 2), (4, 2, 8)
@@ -58,7 +62,7 @@ def benchmark_settings(
         default_batches, repetitions, generation = (2,), (1, 2), (2, 2, 8)
     return BenchmarkSettings(
         small=small,
-        projectors=tuple(projectors or PROJECTOR_TYPES),
+        projectors=tuple(projectors or ALL_RUNS),
         batch_sizes=tuple(batch_sizes or default_batches),
         warmup_steps=repetitions[0],
         timed_steps=repetitions[1],
@@ -70,18 +74,19 @@ def benchmark_settings(
 
 
 def build_benchmark_model(
-    projector_type: str, small: bool, **config_overrides: Any
+    run_name: str, small: bool, **config_overrides: Any
 ) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
     """
-    The tiny VLM of `tiny_vlm.py` with `small`, else a real-size one from [`VLMConfig`] defaults (SigLIP-base +
-    Qwen2.5-0.5B shapes, random weights) with SigLIP's 224 px preprocessing and the tiny offline tokenizer.
-    `config_overrides` are [`VLMConfig`] arguments of the real-size model.
+    The model of `run_name` (a projector type, or `<projector>_xattn` for cross-attention fusion): the tiny VLM of
+    `tiny_vlm.py` with `small`, else a real-size one from [`VLMConfig`] defaults (SigLIP-base + Qwen2.5-0.5B shapes,
+    random weights; cross-attention before every 4th decoder layer) with SigLIP's 224 px preprocessing and the tiny
+    offline tokenizer. `config_overrides` are [`VLMConfig`] arguments of the real-size model.
     """
     if small:
-        return build_tiny_vlm(projector_type)
+        return build_tiny_vlm(**run_settings(run_name))
     tokenizer = build_tiny_tokenizer(IMAGE_TOKEN)
     config = VLMConfig(
-        projector_type=projector_type,
+        **run_settings(run_name),
         image_token=IMAGE_TOKEN,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         **config_overrides,

@@ -81,9 +81,14 @@ def load_in_fresh_process(directories: list[str], cwd) -> dict:
 def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
     image = images[0]
     expected, pixel_values, directories = {}, {}, []
-    for projector_type in PROJECTOR_TYPES:
-        model, processor = build_tiny_vlm(projector_type, seed=7)
-        directory = tmp_path / f"vlm-{projector_type}"
+    for projector_type, fusion in [(projector_type, "early") for projector_type in PROJECTOR_TYPES] + [
+        ("perceiver", "cross_attention")
+    ]:
+        model, processor = build_tiny_vlm(projector_type, seed=7, fusion=fusion)
+        with torch.no_grad():  # open the gates, so that wrongly loaded blocks or masks would change the logits
+            for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("_gate")):
+                parameter.fill_(0.3 + 0.1 * index)
+        directory = tmp_path / f"vlm-{projector_type}-{fusion}"
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))

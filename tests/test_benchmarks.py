@@ -5,7 +5,7 @@ import math
 import pytest
 
 from benchmarks.run_benchmarks import format_report, run_benchmarks
-from configuration_vlm import PROJECTOR_TYPES
+from training import ALL_RUNS
 
 
 def _rates(report: dict) -> list[float]:
@@ -38,12 +38,12 @@ def report() -> dict:
 
 def test_small_benchmark_reports_every_section_and_projector(report):
     assert set(report) == {
-        "settings", "training", "vision", "generation", "seed_experiment", "karpathy_epoch", "loss_lever",
+        "settings", "training", "vision", "generation", "fusion", "seed_experiment", "karpathy_epoch", "loss_lever",
         "checkpoints", "environment",
     }  # fmt: skip
     sections = (report["training"], report["generation"], report["karpathy_epoch"], report["vision"]["epoch_share"])
     for section in sections:
-        assert [row["projector"] for row in section] == list(PROJECTOR_TYPES)
+        assert [row["projector"] for row in section] == list(ALL_RUNS)
     assert report["seed_experiment"]["measured"]
     assert [run["projector"] for run in report["seed_experiment"]["runs"]] == ["mlp", "qformer", "perceiver"]
     assert [row["variant"] for row in report["loss_lever"]] == ["labelled positions only", "full-vocabulary logits"]
@@ -79,7 +79,7 @@ def test_report_tables_have_their_columns_and_every_projector(report):
     for title, columns in expected_columns.items():
         header, rows = tables[title]
         assert header == columns, title
-        assert [row[0] for row in rows] == list(PROJECTOR_TYPES), title
+        assert [row[0] for row in rows] == list(ALL_RUNS), title
         assert all(len(row) == len(columns) for row in rows), title
     training_header, training_rows = tables["Training step (align)"]
     for row, measured in zip(training_rows, report["training"]):
@@ -90,6 +90,16 @@ def test_report_tables_have_their_columns_and_every_projector(report):
     assert [row[0] for row in lever_rows] == [row["variant"] for row in report["loss_lever"]]
     seed = report["seed_experiment"]
     assert f"Seed 000 experiment: {seed['wall_s']:.1f} s wall for mlp, qformer, perceiver x 1 epochs" in text
+    header, rows = tables["Early vs cross-attention fusion at the same visual budget (align; largest batch)"]
+    assert header == [
+        "run", "fusion", "batch", "LLM seq len", "trainable params", "samples/s", "peak MB", "captions/s",
+    ]  # fmt: skip
+    assert [row[:2] for row in rows] == [["perceiver", "early"], ["perceiver_xattn", "cross_attention"]]
+    early, deep = report["fusion"]
+    # 8 latents in the sequence against one marker token: the deep-fusion sequence is 7 tokens shorter.
+    assert early["sequence_length"] - deep["sequence_length"] == 8 - 1
+    assert deep["trainable_parameters"] > early["trainable_parameters"]  # the gated blocks train too
+    assert [row[-1] for row in rows] == [f"{r['captions_per_s']:.2f}" for r in report["fusion"]]
     header, rows = tables["Checkpoint of an align run (mlp, after one step)"]
     assert header == ["checkpoint", "total MB", "weights MB", "save s"]
     assert [row[0] for row in rows] == ["whole accelerate state", "lean (train())"]

@@ -120,3 +120,27 @@ def test_a_missing_image_root_is_refused_before_the_hub_is_asked(tmp_path, monke
         f"{caption_data.COCO_LAYOUT}.\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_cross_attention_model_gets_its_fusion_in_the_table_and_cross_attention_maps(tmp_path):
+    model, processor = build_tiny_vlm("perceiver", seed=1, fusion="cross_attention")
+    saved = tmp_path / "saved-xattn"
+    model.save_pretrained(saved)
+    processor.save_pretrained(saved)
+    output_dir = tmp_path / "out"
+    (row,) = vlm_eval.main(
+        ["--model", str(saved), "--dataset", "shapes", "--split", "test", "--max_samples", "2", "--max_new_tokens",
+         "4", "--output_dir", str(output_dir), "--attention_maps"]
+    )  # fmt: skip
+    assert (row["fusion"], row["image_tokens"]) == ("cross_attention", 1)
+    bridge = [model.multi_modal_projector, model.cross_attention_blocks]
+    assert row["bridge_parameters"] == sum(p.numel() for module in bridge for p in module.parameters())
+    assert "| cross_attention | 1 |" in (output_dir / "comparison.md").read_text()
+    # One column (the caption's attention), a row per gated block (before layers 0 and 1) and one for their mean.
+    margin, gap, tile = layout.MARGIN, layout.GAP, layout.ATTENTION_TILE
+    size = (
+        margin + layout.ROW_LABEL_WIDTH + (1 + 1) * (tile + gap) + layout.COLOUR_BAR_AREA,
+        layout.SHEET_TOP + 3 * (tile + gap) + margin,
+    )
+    with Image.open(output_dir / f"attention_{vlm_eval.file_slug(str(saved))}_shapes-test-00000.png") as picture:
+        assert picture.size == size

@@ -64,20 +64,24 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 
 def test_comparison_command_prints_the_table_with_the_untrained_baseline(tmp_path, capsys):
     results = train_accelerate.main(
-        ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", "linear,qformer", "--max_train_samples", "64",
-         "--max_eval_samples", "8", "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
-         "--predict_with_generate", "false", "--report_to", "none", "--save_steps", "0",
+        ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", "linear,perceiver_xattn",
+         "--max_train_samples", "64", "--max_eval_samples", "8", "--num_train_epochs", "2",
+         "--per_device_train_batch_size", "8", "--predict_with_generate", "false", "--report_to", "none",
+         "--save_steps", "0",
          "--output_dir", str(tmp_path / "compare"), "--feature_cache_dir", str(tmp_path / "feature_cache")]
     )
-    assert [r.projector_type for r in results] == ["linear", "qformer"]
-    assert [r.output_dir for r in results] == [str(tmp_path / "compare" / p) for p in ("linear", "qformer")]
+    assert [(r.projector_type, r.fusion) for r in results] == [("linear", "early"), ("perceiver", "cross_attention")]
+    assert [r.output_dir for r in results] == [str(tmp_path / "compare" / p) for p in ("linear", "perceiver_xattn")]
     assert results[1].feature_cache == {"train": "hit", "eval": "hit"}
     untrained_loss = results[0].history[0]["loss"]
     assert all(r.final_metrics["loss"] < untrained_loss for r in results)
     table = (tmp_path / "compare" / "comparison.md").read_text()
     assert table in capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [row.split(" | ")[0] for row in rows] == ["| untrained", "| linear", "| qformer"]
+    assert [row.split(" | ")[:5] for row in rows] == [
+        ["| untrained", "linear", "early", "16", "16"], ["| linear", "linear", "early", "16", "16"],
+        ["| perceiver_xattn", "perceiver", "cross_attention", "1", "8"],
+    ]  # fmt: skip
     assert f"{untrained_loss:.4f}" in rows[0]
 
 
@@ -90,9 +94,9 @@ def test_yaml_config_and_command_line_overrides(tmp_path):
     with pytest.raises(ValueError, match="learning_rte"):
         train_accelerate.parse_args([], tmp_path / "bad.yaml")
     runs = train_accelerate.comparison_runs(str(CONFIGS / "coco"), ["--image_root", "/data/coco"], None)
-    assert [(r.projector_type, r.stage, r.image_root) for r in runs] == [
-        (p, "align", "/data/coco") for p in ("linear", "mlp", "qformer", "perceiver")
-    ]
+    assert [(r.projector_type, r.fusion, r.stage, r.image_root) for r in runs] == [
+        (p, "early", "align", "/data/coco") for p in ("linear", "mlp", "qformer", "perceiver")
+    ] + [("perceiver", "cross_attention", "align", "/data/coco")]
 
 
 def test_shipped_configs_are_valid():

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from caption_data import make_shapes_dataset
-from tiny_vlm import build_tiny_vlm
 from visualize import (
     ATTENTION_TILE,
     BACKGROUND,
@@ -36,9 +35,6 @@ from visualize import (
     TITLE_LINE_HEIGHT,
     _fit_lines,
     _fit_tail,
-    attending_layers,
-    projector_attention_maps,
-    saliency_map,
     save_attention_grid,
     save_saliency_map,
     write_gallery,
@@ -48,34 +44,6 @@ from visualize import (
 @pytest.fixture(scope="module")
 def image():
     return make_shapes_dataset(num_images=1, split="test")[0]["image"].convert("RGB")
-
-
-@pytest.mark.parametrize(("projector_type", "num_layers"), [("qformer", 1), ("perceiver", 2)])
-def test_attention_maps_are_distributions_over_the_patch_grid(projector_type, num_layers, image):
-    model, processor = build_tiny_vlm(projector_type)
-    maps = projector_attention_maps(model, processor, image)
-    assert maps.shape == (num_layers + 1, 8, 4, 4)
-    torch.testing.assert_close(maps.sum(dim=(-1, -2)), torch.ones(num_layers + 1, 8))
-    torch.testing.assert_close(maps[-1], maps[:-1].mean(0))
-
-
-def test_saliency_map_for_the_mlp(image):
-    model, processor = build_tiny_vlm("mlp")
-    saliency = saliency_map(model, processor, image, "a red circle on the left.")
-    assert saliency.shape == (4, 4) and (saliency >= 0).all()
-    torch.testing.assert_close(saliency.sum(), torch.tensor(1.0))
-    with pytest.raises(ValueError, match="has no attention maps; use saliency_map"):
-        projector_attention_maps(model, processor, image)
-
-
-def test_attending_layers_are_the_layers_returning_maps():
-    model, processor = build_tiny_vlm("qformer", qformer_num_layers=4)
-    layers = model.multi_modal_projector.qformer.encoder.layer
-    assert attending_layers(model.config) == [i + 1 for i, layer in enumerate(layers) if layer.has_cross_attention]
-    assert attending_layers(model.config) == [1, 3]
-    image = PIL.Image.new("RGB", (32, 32), (200, 30, 30))
-    assert projector_attention_maps(model, processor, image).shape[0] == 2 + 1
-    assert attending_layers(build_tiny_vlm("perceiver")[0].config) == [1, 2]
 
 
 def pixels(path) -> np.ndarray:

@@ -14,21 +14,24 @@ Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Acce
 - `model_card`: the model card of a run and the Hub upload;
 - `results`: [`TrainingResults`], what a finished run reports;
 - `loop`: [`train`] and [`training_step`];
-- `comparison`: [`run_comparison`] and the table of the projector comparison.
+- `comparison`: [`run_comparison`] and the table of the projector (and fusion) comparison.
 """
 
 from .arguments import VLMTrainingArguments, load_yaml_config
-from .comparison import projector_comparison_table, run_comparison
+from .comparison import ALL_RUNS, RUN_NAMES, projector_comparison_table, run_comparison, run_settings
 from .loop import train, training_step
 from .results import TrainingResults
 
 
 __all__ = [
+    "ALL_RUNS",
+    "RUN_NAMES",
     "TrainingResults",
     "VLMTrainingArguments",
     "load_yaml_config",
     "projector_comparison_table",
     "run_comparison",
+    "run_settings",
     "train",
     "training_step",
 ]

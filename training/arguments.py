@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from captioning import CAPTION_PROMPT
-from configuration_vlm import PROJECTOR_TYPES, VLMConfig
+from configuration_vlm import FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
 
 
 FREEZE_STAGES = ("align", "finetune", "lora")
@@ -22,7 +22,8 @@ DEFAULT_MAX_CAPTION_TOKENS = 64
 MODEL_CONFIG_KEYS = tuple(
     name
     for name in inspect.signature(VLMConfig.__init__).parameters
-    if name not in ("self", "kwargs", "vision_config", "text_config", "projector_type", "vision_feature_layer")
+    if name
+    not in ("self", "kwargs", "vision_config", "text_config", "projector_type", "fusion", "vision_feature_layer")
     and not name.startswith("image_token")
 )
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -39,7 +40,17 @@ class VLMTrainingArguments:
     vision_model: str | None = field(default=None, metadata={"help": "Vision tower: Hub id or directory (SigLIP)."})
     text_model: str | None = field(default=None, metadata={"help": "Language model: Hub id or directory (Qwen2.5)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved VLM to continue training."})
-    projector_type: str = field(default="mlp", metadata={"help": f"One of {', '.join(PROJECTOR_TYPES)}."})
+    projector_type: str | None = field(
+        default=None,
+        metadata={"help": f"One of {', '.join(PROJECTOR_TYPES)}; default mlp (perceiver with cross_attention)."},
+    )
+    fusion: str = field(
+        default="early",
+        metadata={
+            "help": "early: image tokens in the LLM's input (LLaVA); cross_attention: gated cross-attention blocks "
+            "before every cross_attention_every-th decoder layer (Flamingo; set it in model_config)."
+        },
+    )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Vision layer the projector reads."})
     model_config: dict[str, Any] | str | None = field(
         default=None,
@@ -159,6 +170,9 @@ class VLMTrainingArguments:
             raise ValueError(f"model={self.model!r} is invalid; the only named model is 'tiny'.")
         if sources[1] and not (self.vision_model and self.text_model):
             raise ValueError("`vision_model` and `text_model` go together: pass both.")
+        if self.fusion not in FUSION_TYPES:
+            raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
+        self.projector_type = self.projector_type or ("perceiver" if self.fusion == "cross_attention" else "mlp")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES}.")
         if self.stage not in FREEZE_STAGES:
@@ -187,7 +201,7 @@ class VLMTrainingArguments:
         if unknown:
             raise ValueError(
                 f"model_config has unknown keys {unknown}; the projector settings are {', '.join(MODEL_CONFIG_KEYS)} "
-                "(projector_type and vision_feature_layer have their own fields)."
+                "(projector_type, fusion and vision_feature_layer have their own fields)."
             )
         if config and self.model_name_or_path is not None:
             raise ValueError(

@@ -5,6 +5,7 @@ import os
 from dataclasses import replace
 
 from caption_metrics import CIDER_SCALE_NOTE
+from configuration_vlm import PROJECTOR_TYPES
 from markdown_tables import format_score, markdown_table
 
 from .arguments import VLMTrainingArguments
@@ -13,9 +14,23 @@ from .results import TrainingResults
 
 
 COMPARISON_COLUMNS = (
-    "model", "projector", "image tokens", "trainable params", "best CIDEr", "final CIDEr", "final METEOR",
-    "final val loss", "train time (s)", "samples/s",
+    "model", "projector", "fusion", "LLM tokens / image", "visual tokens", "trainable params", "best CIDEr",
+    "final CIDEr", "final METEOR", "final val loss", "train time (s)", "samples/s",
 )  # fmt: skip
+
+CROSS_ATTENTION_SUFFIX = "_xattn"
+RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{CROSS_ATTENTION_SUFFIX}" for projector in PROJECTOR_TYPES))
+"""The runs `--compare` knows by name: each projector with early fusion, and with cross-attention (`<name>_xattn`)."""
+ALL_RUNS = (*PROJECTOR_TYPES, f"perceiver{CROSS_ATTENTION_SUFFIX}")
+"""`--compare all`: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""
+
+
+def run_settings(name: str) -> dict[str, str]:
+    """The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`])."""
+    if name not in RUN_NAMES:
+        raise ValueError(f"Unknown run {name!r}; choose one of {', '.join(RUN_NAMES)}.")
+    projector_type = name.removesuffix(CROSS_ATTENTION_SUFFIX)
+    return {"projector_type": projector_type, "fusion": "early" if name == projector_type else "cross_attention"}
 
 
 def run_comparison(runs: list[VLMTrainingArguments]) -> list[TrainingResults]:
@@ -28,8 +43,9 @@ def run_comparison(runs: list[VLMTrainingArguments]) -> list[TrainingResults]:
 
 def projector_comparison_table(results: list[TrainingResults]) -> str:
     """
-    Markdown table of [`run_comparison`] results: the untrained baseline, then one row per run with its image tokens,
-    trainable parameters, best and final CIDEr, final METEOR and validation loss, training time and throughput.
+    Markdown table of [`run_comparison`] results: the untrained baseline, then one row per run with its fusion, its
+    tokens per image (in the language model's sequence, and out of the projector), trainable parameters, best and
+    final CIDEr, final METEOR and validation loss, training time and throughput.
     """
     first = results[0]
     untrained = first.history[0]
@@ -39,7 +55,7 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
         name = os.path.basename(result.output_dir)
         throughput = f"{result.samples_per_second:.1f}"
         rows.append(_row(name, result, best, result.final_metrics, result.train_time_s, throughput))
-    return markdown_table(COMPARISON_COLUMNS, rows, left_aligned=2) + f"\n\n{CIDER_SCALE_NOTE}\n"
+    return markdown_table(COMPARISON_COLUMNS, rows, left_aligned=3) + f"\n\n{CIDER_SCALE_NOTE}\n"
 
 
 def _row(
@@ -51,7 +67,8 @@ def _row(
     throughput: str,
 ) -> list[str]:
     return [
-        name, result.projector_type, str(result.num_image_tokens), f"{result.trainable_parameters:,}",
+        name, result.projector_type, result.fusion, str(result.num_image_tokens), str(result.num_visual_tokens),
+        f"{result.trainable_parameters:,}",
         format_score(best_cider), format_score(metrics.get("CIDEr")), format_score(metrics.get("METEOR")),
         f"{metrics['loss']:.4f}", f"{time_s:.0f}", throughput,
     ]  # fmt: skip

@@ -37,7 +37,7 @@ from .model_setup import (
     prepare_model_for_training,
 )
 from .output_dir import prepare_output_dir
-from .results import TrainingResults, collect_results, results_summary, run_summary
+from .results import TrainingResults, bridge_description, collect_results, results_summary, run_summary
 from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, training_logs
 
@@ -122,7 +122,10 @@ def train(
     accelerator.init_trackers(run_name, config=tracker_config(args))
     samples_per_step = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     accelerator.print(
-        run_summary(vlm.config.projector_type, args.stage, data, schedule, parameter_counts, samples_per_step)
+        run_summary(
+            bridge_description(vlm.config.projector_type, vlm.config.fusion, vlm.config.cross_attention_layer_indices),
+            args.stage, data, schedule, parameter_counts, samples_per_step,
+        )  # fmt: skip
     )
     captions = run_epochs(
         args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, checkpointer

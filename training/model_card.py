@@ -91,7 +91,10 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
         pipeline_tag="image-text-to-text",
         library_name="transformers",
         license="apache-2.0",
-        tags=["vision-language", "image-captioning", f"projector-{results.projector_type}", f"stage-{args.stage}"],
+        tags=[
+            "vision-language", "image-captioning", f"projector-{results.projector_type}", f"fusion-{results.fusion}",
+            f"stage-{args.stage}",
+        ],  # fmt: skip
         eval_results=eval_results or None,
     )
     towers = " + ".join(base_models) or (
@@ -115,8 +118,7 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
 def _results_fields(results: TrainingResults) -> dict[str, str | int]:
     """The template values taken from the run's results, formatted."""
     return {
-        "projector_type": results.projector_type,
-        "num_image_tokens": results.num_image_tokens,
+        "bridge": _bridge_sentence(results),
         "trainable_parameters": f"{results.trainable_parameters:,}",
         "total_parameters": f"{results.total_parameters:,}",
         "num_train_images": results.num_train_images,
@@ -130,6 +132,18 @@ def _results_fields(results: TrainingResults) -> dict[str, str | int]:
         "train_time_min": f"{results.train_time_s / 60:.1f}",
         "samples_per_second": f"{results.samples_per_second:.1f}",
     }
+
+
+def _bridge_sentence(results: TrainingResults) -> str:
+    """How the card says the image reaches the language model, with the fusion and the tokens per image."""
+    if results.fusion != "cross_attention":
+        return f"a **{results.projector_type}** projector\n({results.num_image_tokens} image tokens per image)"
+    layers = ", ".join(map(str, results.cross_attention_layers or []))
+    return (
+        f"a **{results.projector_type}** projector read through **gated cross-attention** (deep fusion, as in\n"
+        f"Flamingo) before decoder layers {layers} ({results.num_visual_tokens} visual tokens per image as keys and\n"
+        "values; one marker token per image in the language model's input)"
+    )
 
 
 def push_output_dir(output_dir: str, repo_id: str, private: bool = False) -> str:

@@ -21,8 +21,13 @@ from tiny_vlm import build_tiny_vlm
 from .arguments import VLMTrainingArguments
 
 
-COMPONENTS = {"vision_tower": "vision", "multi_modal_projector": "projector", "language_model": "llm"}
-"""Parameter-name fragment -> component, for the per-component learning rates."""
+COMPONENTS = {
+    "vision_tower": "vision",
+    "multi_modal_projector": "projector",
+    "cross_attention_blocks": "projector",
+    "language_model": "llm",
+}
+"""Parameter-name fragment -> component, for the per-component learning rates (the bridge's new layers together)."""
 
 
 def model_source(args: VLMTrainingArguments) -> dict[str, str | None]:
@@ -37,34 +42,43 @@ def model_source(args: VLMTrainingArguments) -> dict[str, str | None]:
 
 def build_model(args: VLMTrainingArguments) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
     """
-    The model and processor of `args`' model source, with the projector settings of `args.model_config`; a new
-    projector is initialised from `args.seed`.
+    The model and processor of `args`' model source, with the projector and fusion settings of `args` (a saved model
+    keeps its own); a new projector (and new cross-attention blocks) is initialised from `args.seed`.
     """
     config_kwargs = dict(args.model_config)
     if args.vision_feature_layer is not None:
         config_kwargs["vision_feature_layer"] = args.vision_feature_layer
     if args.model == "tiny":
-        return build_tiny_vlm(args.projector_type, seed=args.seed, **config_kwargs)
+        return build_tiny_vlm(args.projector_type, seed=args.seed, fusion=args.fusion, **config_kwargs)
     if args.model_name_or_path is not None:
         model = VLMForConditionalGeneration.from_pretrained(args.model_name_or_path, **config_kwargs)
         return model, VLMProcessor.from_pretrained(args.model_name_or_path)
     set_seed(args.seed)
     return VLMForConditionalGeneration.from_pretrained_backbones(
-        vision=args.vision_model, text=args.text_model, projector_type=args.projector_type, **config_kwargs
+        vision=args.vision_model,
+        text=args.text_model,
+        projector_type=args.projector_type,
+        fusion=args.fusion,
+        **config_kwargs,
     )
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules: str, unfreeze_vision: bool) -> LoraConfig:
+def trained_whole(model: VLMForConditionalGeneration, unfreeze_vision: bool) -> list[str]:
     """
-    LoRA adapters on the modules matching `target_modules` (a regex); the projector, and the vision tower when it
-    trains, are trained and saved whole beside them.
+    The modules that train whole beside the language model: the projector, each cross-attention block (by its own
+    name, so that PEFT wraps the block that the decoder layer's hook calls) and the vision tower when it trains.
+    """
+    blocks = [f"cross_attention_blocks.{layer}" for layer in model.cross_attention_blocks]
+    return ["multi_modal_projector", *blocks] + (["vision_tower"] if unfreeze_vision else [])
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str, modules_to_save: list[str]) -> LoraConfig:
+    """
+    LoRA adapters on the modules matching `target_modules` (a regex); `modules_to_save` (see [`trained_whole`]) are
+    trained and saved whole beside them.
     """
     return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules,
-        modules_to_save=["multi_modal_projector"] + (["vision_tower"] if unfreeze_vision else []),
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, modules_to_save=modules_to_save
     )
 
 
@@ -75,12 +89,13 @@ def configure_trainable_parameters(
     lora: LoraConfig | None = None,
 ) -> nn.Module:
     """
-    Freezes everything but what `stage` trains: the projector (`align`), the projector and the language model
-    (`finetune`), or the projector and the `lora` adapters on the language model (`lora`, returns a `PeftModel`). The
-    vision tower trains too with `unfreeze_vision`.
+    Freezes everything but what `stage` trains: the projector and any cross-attention blocks (`align`), those and the
+    language model (`finetune`), or those and the `lora` adapters on the language model (`lora`, returns a
+    `PeftModel`). The vision tower trains too with `unfreeze_vision`.
     """
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
+    model.cross_attention_blocks.requires_grad_(True)
     if stage == "finetune":
         model.language_model.requires_grad_(True)
     if unfreeze_vision:
@@ -99,9 +114,8 @@ def prepare_model_for_training(vlm: VLMForConditionalGeneration, args: VLMTraini
     """
     lora = None
     if args.stage == "lora":
-        lora = lora_config(
-            args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, args.unfreeze_vision
-        )
+        modules_to_save = trained_whole(vlm, args.unfreeze_vision)
+        lora = lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, modules_to_save)
     model = configure_trainable_parameters(vlm, args.stage, args.unfreeze_vision, lora)
     if args.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

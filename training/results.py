@@ -32,7 +32,7 @@ class TrainingResults:
     output_dir: str
     projector_type: str
     stage: str
-    num_image_tokens: int
+    num_image_tokens: int  # language-model positions per image
     trainable_parameters: int
     total_parameters: int
     num_train_images: int
@@ -52,6 +52,9 @@ class TrainingResults:
     num_processes: int
     mixed_precision: str
     sample_captions: list[tuple[str, str, str]]  # (image id, a reference, generated caption)
+    fusion: str = "early"
+    num_visual_tokens: int | None = None  # projector tokens per image (the keys and values with cross-attention)
+    cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
 
     def save(self, output_dir: str) -> str:
         """Writes `training_results.json` into `output_dir`; returns its path."""
@@ -104,11 +107,23 @@ def collect_results(
         num_processes=accelerator.num_processes,
         mixed_precision=str(accelerator.mixed_precision),
         sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
+        fusion=vlm.config.fusion,
+        num_visual_tokens=vlm.config.num_visual_tokens,
+        cross_attention_layers=vlm.config.cross_attention_layer_indices,
     )
 
 
+def bridge_description(projector_type: str, fusion: str, cross_attention_layers: list[int] | None) -> str:
+    """How the image reaches the language model: `mlp projector`, or `perceiver projector + gated cross-attention
+    before decoder layers 3, 7, ...`."""
+    if fusion != "cross_attention":
+        return f"{projector_type} projector"
+    layers = ", ".join(map(str, cross_attention_layers or []))
+    return f"{projector_type} projector + gated cross-attention before decoder layers {layers}"
+
+
 def run_summary(
-    projector_type: str,
+    bridge: str,
     stage: str,
     data: RunData,
     schedule: TrainingSchedule,
@@ -120,7 +135,7 @@ def run_summary(
     words = {"hit": "cache hit", "computed": "computed and cached"}
     cache = ", ".join(f"{name} {words[how]}" for name, how in status.items() if how is not None)
     return (
-        f"{projector_type} projector, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
+        f"{bridge}, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
         f"parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval images; "
         f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
         f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
