@@ -658,26 +658,20 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             context = self.cross_attention_context(
                 input_ids, inputs_embeds.shape[:2], image_embeds, past_key_values, bool(output_attentions)
             )
-        self._cross_attention_context = context
-        try:
-            outputs = self.language_model.base_model(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                output_attentions=output_attentions,
-                output_hidden_states=output_hidden_states,
-                return_dict=True,
-                **kwargs,
-            )
-        finally:
-            # Gradient checkpointing re-runs the blocks in backward, so a training step keeps the context until the next.
-            if context is not None and not (self.training and self._is_checkpointing_activations()):
-                self._cross_attention_context = None
+        outputs = self._run_language_model(
+            context,
+            num_cached_tokens,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
-        if self.config.fusion == "cross_attention" and outputs.past_key_values is not None and num_cached_tokens == 0:
-            setattr(outputs.past_key_values, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
 
         loss = None
         if labels is not None:
@@ -701,6 +695,24 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             if context is not None and context.attentions is not None
             else None,
         )
+
+    def _run_language_model(
+        self, context: VLMCrossAttentionContext | None, num_cached_tokens: int, **model_kwargs
+    ) -> ModelOutput:
+        """
+        The language model's base model on `model_kwargs`, its cross-attention blocks (if any) reading `context`; the
+        images of a first call (`num_cached_tokens == 0`) are attached to the returned cache for the decoding steps.
+        """
+        self._cross_attention_context = context
+        try:
+            outputs = self.language_model.base_model(**model_kwargs)
+        finally:
+            # Gradient checkpointing re-runs the blocks in backward, so a training step keeps the context until the next.
+            if context is not None and not (self.training and self._is_checkpointing_activations()):
+                self._cross_attention_context = None
+        if self.config.fusion == "cross_attention" and outputs.past_key_values is not None and num_cached_tokens == 0:
+            setattr(outputs.past_key_values, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
+        return outputs
 
     def cross_attention_context(
         self,
