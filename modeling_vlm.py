@@ -378,6 +378,13 @@ class VLMGatedCrossAttentionBlock(nn.Module):
         return torch.where(has_image, hidden.to(hidden_states.dtype), hidden_states), key_value, attn_weights
 
 
+def build_cross_attention_blocks(config: VLMConfig) -> nn.ModuleDict:
+    """A [`VLMGatedCrossAttentionBlock`] per decoder layer of `config.cross_attention_layer_indices`, keyed by layer."""
+    return nn.ModuleDict(
+        {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
+    )
+
+
 # Where causal language models keep their decoder layers, relative to their base model.
 DECODER_LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks")
 
@@ -474,9 +481,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.cross_attention_blocks = nn.ModuleDict(
-            {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
-        )
+        self.cross_attention_blocks = build_cross_attention_blocks(config)
         self._cross_attention_context: VLMCrossAttentionContext | None = None
         self._cross_attention_hooks: list = []
         self.attach_cross_attention_blocks()
@@ -914,9 +919,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         model.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
         model.multi_modal_projector.apply(model._init_weights)
         model.multi_modal_projector.to(dtype or torch.float32)
-        model.cross_attention_blocks = nn.ModuleDict(
-            {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
-        )
+        model.cross_attention_blocks = build_cross_attention_blocks(config)
         model.cross_attention_blocks.apply(model._init_weights)
         model.cross_attention_blocks.to(dtype or torch.float32)
         model.attach_cross_attention_blocks()
