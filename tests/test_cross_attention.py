@@ -231,3 +231,25 @@ def test_language_model_without_findable_decoder_layers_is_refused():
         VLMForConditionalGeneration(config)
     early = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=bert)
     assert isinstance(VLMForConditionalGeneration(early), VLMForConditionalGeneration)  # early fusion needs no layers
+
+
+def test_from_pretrained_backbones_attaches_the_blocks_to_the_loaded_language_model(tmp_path, images):
+    tiny, tiny_processor = build_tiny_vlm("perceiver", seed=3)
+    tiny.vision_tower.save_pretrained(tmp_path / "vision")
+    tiny_processor.image_processor.save_pretrained(tmp_path / "vision")
+    tiny.language_model.save_pretrained(tmp_path / "text")
+    tiny_processor.tokenizer.save_pretrained(tmp_path / "text")
+    model, processor = VLMForConditionalGeneration.from_pretrained_backbones(
+        vision=tmp_path / "vision", text=tmp_path / "text", fusion="cross_attention", cross_attention_every=2,
+        perceiver_num_heads=2,
+    )  # fmt: skip
+    assert (model.config.projector_type, sorted(model.cross_attention_blocks)) == ("perceiver", ["1"])
+    assert processor.num_image_tokens == 1
+    for name, tensor in tiny.language_model.state_dict().items():
+        assert torch.equal(model.language_model.state_dict()[name], tensor), name
+    batch = prompt_batch(processor, images[:1])
+    with torch.no_grad():
+        bare = model.language_model(input_ids=batch["input_ids"]).logits
+        assert torch.equal(model(**batch).logits, bare)  # gates at 0
+        model.cross_attention_blocks["1"].attention_gate.fill_(0.7)
+        assert not torch.allclose(model(**batch).logits, bare), "the blocks must run inside the loaded language model"
