@@ -45,7 +45,8 @@ DEFAULT_TEXT_CONFIG: dict[str, Any] = {
 DEFAULT_IMAGE_TOKEN_ID = 151665
 
 
-def _build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, Any], name: str) -> PretrainedConfig:
+def build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, Any], name: str) -> PretrainedConfig:
+    """`value` as a config: itself, `default` when it is `None`, or a dict with a `model_type` key."""
     if isinstance(value, PretrainedConfig):
         return value
     if value is None:
@@ -87,6 +88,11 @@ class VLMConfig(PretrainedConfig):
             Attention heads of the Q-Former; must divide the vision hidden size.
         qformer_cross_attention_frequency (`int`, *optional*, defaults to 2):
             A cross-attention to the patch tokens every this many layers (2: every other layer, starting with the first).
+        qformer_hidden_size (`int`, *optional*):
+            Width of the Q-Former and its queries. Defaults to the vision hidden size; a Q-Former initialised from BERT
+            (BLIP-2 stage 1) has BERT's width, and its cross-attention reads the vision width.
+        qformer_intermediate_size (`int`, *optional*):
+            Width of the Q-Former's feed-forward blocks. Defaults to `qformer_hidden_size * projector_ffn_multiplier`.
         perceiver_num_latents (`int`, *optional*, defaults to 64):
             Learned latents of the Perceiver Resampler, i.e. its number of output tokens.
         perceiver_num_layers (`int`, *optional*, defaults to 2):
@@ -130,6 +136,8 @@ class VLMConfig(PretrainedConfig):
         qformer_num_layers: int = 12,
         qformer_num_heads: int = 12,
         qformer_cross_attention_frequency: int = 2,
+        qformer_hidden_size: int | None = None,
+        qformer_intermediate_size: int | None = None,
         perceiver_num_latents: int = 64,
         perceiver_num_layers: int = 2,
         perceiver_num_heads: int = 12,
@@ -142,8 +150,8 @@ class VLMConfig(PretrainedConfig):
         cross_attention_layers: list[int] | None = None,
         **kwargs,
     ):
-        self.vision_config = _build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
-        self.text_config = _build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config")
+        self.vision_config = build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
+        self.text_config = build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config")
         self.projector_type = projector_type or ("perceiver" if fusion == "cross_attention" else "mlp")
         self.projector_hidden_act = projector_hidden_act
         self.projector_dropout = projector_dropout
@@ -151,6 +159,8 @@ class VLMConfig(PretrainedConfig):
         self.qformer_num_layers = qformer_num_layers
         self.qformer_num_heads = qformer_num_heads
         self.qformer_cross_attention_frequency = qformer_cross_attention_frequency
+        self.qformer_hidden_size = qformer_hidden_size
+        self.qformer_intermediate_size = qformer_intermediate_size
         self.perceiver_num_latents = perceiver_num_latents
         self.perceiver_num_layers = perceiver_num_layers
         self.perceiver_num_heads = perceiver_num_heads
@@ -191,14 +201,21 @@ class VLMConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer.")
+        for name in ("qformer_hidden_size", "qformer_intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer (or None).")
         if not 0.0 <= self.projector_dropout < 1.0:
             raise ValueError(f"projector_dropout={self.projector_dropout!r} is invalid; it must be in [0, 1).")
-        vision_dim = self.vision_config.hidden_size
+        widths = {
+            "qformer": ("the Q-Former width", self.qformer_width),
+            "perceiver": ("the vision hidden size", self.vision_config.hidden_size),
+        }
         for name in ("qformer_num_heads", "perceiver_num_heads"):
-            if self.projector_type == name.split("_")[0] and vision_dim % getattr(self, name):
-                raise ValueError(
-                    f"{name}={getattr(self, name)} is invalid; it must divide the vision hidden size ({vision_dim})."
-                )
+            projector = name.split("_")[0]
+            what, width = widths[projector]
+            if self.projector_type == projector and width % getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; it must divide {what} ({width}).")
         num_layers = self.vision_config.num_hidden_layers
         # Index `num_layers` is left out: it is `hidden_states[-1]`, which differs between transformers 4.x and 5.x.
         layer = self.vision_feature_layer
@@ -253,6 +270,16 @@ class VLMConfig(PretrainedConfig):
                 if rope_parameters.get("rope_type", "default") != "default":
                     output[name]["rope_scaling"] = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
         return output
+
+    @property
+    def qformer_width(self) -> int:
+        """Width of the Q-Former's queries and layers: `qformer_hidden_size`, else the vision hidden size."""
+        return self.qformer_hidden_size or self.vision_config.hidden_size
+
+    @property
+    def qformer_ffn_width(self) -> int:
+        """Width of the Q-Former's feed-forward blocks."""
+        return self.qformer_intermediate_size or self.qformer_width * self.projector_ffn_multiplier
 
     @property
     def num_patches(self) -> int:

@@ -121,33 +121,35 @@ class VLMMLPProjector(nn.Module):
 
 class VLMQFormerProjector(nn.Module):
     """
-    BLIP-2 Q-Former: `qformer_num_queries` learned queries of the vision width pass through `qformer_num_layers`
-    post-norm BERT layers (self-attention, cross-attention to the patch tokens every
-    `qformer_cross_attention_frequency` layers, FFN), then a Linear maps them to the language-model width.
+    BLIP-2 Q-Former: `qformer_num_queries` learned queries of the Q-Former width (`qformer_hidden_size`, the vision
+    width by default) pass through `qformer_num_layers` post-norm BERT layers (self-attention, cross-attention to the
+    patch tokens every `qformer_cross_attention_frequency` layers, FFN), then a Linear maps them to the language-model
+    width.
 
-    The layers are transformers' `Blip2QFormerModel`, whose parameter names follow BERT's, so a BERT checkpoint can
-    initialise the self-attention and FFN weights.
+    The layers are transformers' `Blip2QFormerModel`, whose parameter names follow BERT's: BLIP-2's stage 1
+    (`qformer_pretraining`) initialises them from BERT and trains them on image-text pairs before this projector
+    loads them.
     """
 
     def __init__(self, config: VLMConfig):
         super().__init__()
-        vision_dim = config.vision_config.hidden_size
+        width = config.qformer_width
         qformer_config = Blip2QFormerConfig(
-            hidden_size=vision_dim,
+            hidden_size=width,
             num_hidden_layers=config.qformer_num_layers,
             num_attention_heads=config.qformer_num_heads,
-            intermediate_size=vision_dim * config.projector_ffn_multiplier,
+            intermediate_size=config.qformer_ffn_width,
             hidden_act=config.projector_hidden_act,
             hidden_dropout_prob=config.projector_dropout,
             attention_probs_dropout_prob=config.projector_dropout,
             cross_attention_frequency=config.qformer_cross_attention_frequency,
-            encoder_hidden_size=vision_dim,
+            encoder_hidden_size=config.vision_config.hidden_size,
             # Eager attention returns the cross-attention maps; with 32 queries SDPA would save next to nothing.
             attn_implementation="eager",
         )
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.qformer_num_queries, vision_dim))
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.qformer_num_queries, width))
         self.qformer = Blip2QFormerModel(qformer_config)
-        self.linear = nn.Linear(vision_dim, config.text_config.hidden_size)
+        self.linear = nn.Linear(width, config.text_config.hidden_size)
 
     def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
         query_embeds = self.query_tokens.expand(vision_features.shape[0], -1, -1)
@@ -414,6 +416,19 @@ def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
 # Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
 TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
 
+def vision_tower_features(vision_tower: nn.Module, pixel_values: torch.FloatTensor, layer: int) -> torch.FloatTensor:
+    """
+    Patch tokens `(num_images, num_patches, vision_hidden_size)` of `vision_tower`'s layer `layer` (see
+    `VLMConfig.vision_feature_layer`) for `pixel_values` `(num_images, num_channels, image_size, image_size)`.
+    """
+    pixel_values = pixel_values.to(vision_tower.dtype)
+    if layer == -1:
+        # `last_hidden_state` is after SigLIP's post-LayerNorm in every transformers version; `hidden_states[-1]`
+        # is not (transformers 4.x applies the norm, 5.x does not).
+        return vision_tower(pixel_values=pixel_values).last_hidden_state
+    return vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+
+
 PROJECTOR_CLASSES = {
     "linear": VLMLinearProjector,
     "mlp": VLMMLPProjector,
@@ -560,13 +575,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         `pixel_values` of shape `(num_images, num_channels, image_size, image_size)`. These are what the training
         feature cache stores when the tower is frozen.
         """
-        pixel_values = pixel_values.to(self.vision_tower.dtype)
-        layer = self.config.vision_feature_layer
-        if layer == -1:
-            # `last_hidden_state` is after SigLIP's post-LayerNorm in every transformers version; `hidden_states[-1]`
-            # is not (transformers 4.x applies the norm, 5.x does not).
-            return self.vision_tower(pixel_values=pixel_values).last_hidden_state
-        return self.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+        return vision_tower_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)
 
     def get_image_features(
         self,
@@ -892,11 +901,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         The vision checkpoint may be a vision-only model or a dual encoder (e.g. `google/siglip-base-patch16-224`),
         whose vision half is used. `image_token` is added to the tokenizer and the embeddings are resized if needed.
         """
-        vision_config = AutoConfig.from_pretrained(vision)
-        vision_config = getattr(vision_config, "vision_config", vision_config)
-        if hasattr(vision_config, "vision_use_head"):
-            vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
-        vision_tower = AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
+        vision_tower = load_vision_tower(vision, dtype)
         language_model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype)
 
         tokenizer = AutoTokenizer.from_pretrained(text, padding_side="left")
@@ -927,16 +932,33 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         model.suppress_image_token()
         model.tie_weights()
 
-        # The PIL backend, explicitly: 4.x's "slow" processor, the same pixels in 5.x with or without torchvision.
-        pil_backend = {"use_fast": False} if IS_TRANSFORMERS_4 else {"backend": "pil"}
         processor = VLMProcessor(
-            image_processor=AutoImageProcessor.from_pretrained(vision, **pil_backend),
+            image_processor=load_image_processor(vision),
             tokenizer=tokenizer,
             num_image_tokens=config.num_image_tokens,
             image_token=image_token,
             chat_template=make_chat_template(image_token),
         )
         return model, processor
+
+
+def load_vision_tower(vision: str | os.PathLike, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """
+    The vision tower of a pretrained checkpoint (Hub id or directory), without its pooling head: a vision-only model,
+    or the vision half of a dual encoder such as `google/siglip-base-patch16-224`.
+    """
+    vision_config = AutoConfig.from_pretrained(vision)
+    vision_config = getattr(vision_config, "vision_config", vision_config)
+    if hasattr(vision_config, "vision_use_head"):
+        vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
+    return AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
+
+
+def load_image_processor(vision: str | os.PathLike):
+    """The image processor of a vision checkpoint, on the PIL backend in every transformers version."""
+    # 4.x's "slow" processor, the same pixels in 5.x with or without torchvision.
+    pil_backend = {"use_fast": False} if IS_TRANSFORMERS_4 else {"backend": "pil"}
+    return AutoImageProcessor.from_pretrained(vision, **pil_backend)
 
 
 def register_auto_classes(model: VLMForConditionalGeneration) -> None:

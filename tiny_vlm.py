@@ -1,19 +1,22 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
 Tiny, complete VLMs built offline: a tiny SigLIP and a tiny Qwen2 with random weights, and a processor whose
-tokenizer is a small byte-level BPE trained on the fly with Qwen's pre-tokenizer, special tokens and chat template.
-Tests, the offline demo and the benchmarks use them; nothing here is downloaded.
+tokenizer is a small byte-level BPE trained on the fly with Qwen's pre-tokenizer, special tokens and chat template;
+and a tiny BERT with a WordPiece tokenizer, from which the Q-Former's stage 1 starts offline. Tests, the offline demo
+and the benchmarks use them; nothing here is downloaded.
 """
 
 import functools
 import json
+import re
+import string
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from configuration_vlm import VLMConfig
 from modeling_vlm import VLMForConditionalGeneration
@@ -53,6 +56,15 @@ TINY_TEXT_CONFIG: dict[str, Any] = {
     "rope_theta": 1000000.0,
     "tie_word_embeddings": True,
 }
+# The shape of the tiny VLM's Q-Former (the vision width, 2 layers of 2 heads, FFN 4x), so that stage 1 maps onto it.
+TINY_BERT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 128,
+}
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TINY_PROJECTOR_CONFIG: dict[str, Any] = {
     "qformer_num_queries": 8,
     "qformer_num_layers": 2,
@@ -182,3 +194,24 @@ def build_tiny_vlm(
     set_tiny_generation_config(model, tokenizer)
     model.eval()
     return model, build_tiny_processor(config.num_image_tokens, image_token)
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_bert_vocabulary() -> str:
+    """A WordPiece vocabulary of the tiny corpus's words, digits and punctuation, written once per process."""
+    words = sorted({w for line in _training_corpus() for w in re.findall(r"[a-z]+", line.lower())})
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    pieces = [*BERT_SPECIAL_TOKENS, *characters, *(f"##{c}" for c in string.ascii_lowercase), *words]
+    directory = Path(tempfile.mkdtemp(prefix="tiny-bert-vocabulary-"))
+    (directory / "vocab.txt").write_text("\n".join(dict.fromkeys(pieces)) + "\n")
+    return str(directory / "vocab.txt")
+
+
+def build_tiny_bert(seed: int = 0) -> tuple[BertModel, PreTrainedTokenizerBase]:
+    """A tiny BERT with random weights (identical for a given `seed`) and its lower-casing WordPiece tokenizer."""
+    tokenizer = BertTokenizer(_tiny_bert_vocabulary(), do_lower_case=True)
+    config = BertConfig(vocab_size=len(tokenizer), **TINY_BERT_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config, add_pooling_layer=False)
+    return model.eval(), tokenizer

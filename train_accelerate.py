@@ -15,8 +15,10 @@ override them:
 first run as baseline. Its value is a comma-separated list of items, each one of:
 
 - a run name: a projector type (`linear`, `mlp`, `qformer`, `perceiver`) for the `--config` run with that
-  projector and early fusion, or `<projector>_xattn` (e.g. `perceiver_xattn`) for it with gated cross-attention
-  fusion, in `<output_dir>/<name>`; `all` is the four projectors and `perceiver_xattn`;
+  projector and early fusion, `<projector>_xattn` (e.g. `perceiver_xattn`) for it with gated cross-attention
+  fusion, or `qformer_stage1` for BLIP-2's Q-Former stage 1 (into `<output_dir>/qformer_stage1/stage1`, same data,
+  seed, batch size, learning rate and epochs) then the `qformer` run starting from it, in `<output_dir>/<name>`;
+  `all` is the four projectors, `perceiver_xattn` and `qformer_stage1`;
 - a YAML file: that run;
 - a family prefix such as `configs/coco`: the files `configs/coco_<name>.yaml` that exist.
 
@@ -38,14 +40,15 @@ from accelerate import PartialState
 from transformers import HfArgumentParser
 
 from training import (
-    ALL_RUNS,
+    COMPARE_ALL,
     RUN_NAMES,
+    STAGE1_RUN,
     TrainingResults,
     VLMTrainingArguments,
     load_yaml_config,
+    named_runs,
     projector_comparison_table,
     run_comparison,
-    run_settings,
     train,
 )
 
@@ -80,10 +83,10 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
     output_dir_flag = any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv)
     for item in spec.split(","):
         item = item.strip()
-        if item == "all" or item in RUN_NAMES:
+        if item == "all" or item in (*RUN_NAMES, STAGE1_RUN):
             base = parse_args(argv, config)
-            names = ALL_RUNS if item == "all" else (item,)
-            runs += [replace(base, **run_settings(n), output_dir=os.path.join(base.output_dir, n)) for n in names]
+            for name in COMPARE_ALL if item == "all" else (item,):
+                runs += named_runs(base, name)
             continue
         paths = [Path(item)] if item.endswith((".yaml", ".yml")) else [Path(f"{item}_{n}.yaml") for n in RUN_NAMES]
         paths = [path for path in paths if path.is_file()]

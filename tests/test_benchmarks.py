@@ -5,6 +5,7 @@ import math
 import pytest
 
 from benchmarks.run_benchmarks import format_report, run_benchmarks
+from benchmarks.stage1_step import VARIANTS, benchmark_stage1
 from training import ALL_RUNS
 
 
@@ -103,3 +104,10 @@ def test_report_tables_have_their_columns_and_every_projector(report):
     header, rows = tables["Checkpoint of an align run (mlp, after one step)"]
     assert header == ["checkpoint", "total MB", "weights MB", "save s"]
     assert [row[0] for row in rows] == ["whole accelerate state", "lean (train())"]
+
+
+def test_the_stage1_step_benchmark_times_every_objective_alone_and_together():
+    rows = benchmark_stage1(small=True, batch_size=4, text_length=8, timed_steps=1)
+    assert [row["objectives"] for row in rows] == list(VARIANTS)
+    assert all(row["step_s"] > 0 and math.isfinite(row["samples_per_s"]) for row in rows)
+    assert len({row["trainable_parameters"] for row in rows}) == 1  # the same model, only the loss differs

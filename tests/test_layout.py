@@ -22,8 +22,8 @@ LIBRARIES = tuple(
 )
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
-    "arguments", "integrity", "feature_cache", "data", "model_setup", "checkpointing", "output_dir", "saved_models",
-    "telemetry", "evaluation", "results", "model_card", "loop", "comparison",
+    "arguments", "integrity", "feature_cache", "data", "pair_data", "model_setup", "checkpointing", "output_dir",
+    "saved_models", "telemetry", "evaluation", "retrieval_evaluation", "results", "model_card", "loop", "comparison",
 )  # fmt: skip
 
 
@@ -66,6 +66,11 @@ def test_training_modules_import_only_modules_before_them(module):
     later = {f".{name}" for name in TRAINING_ORDER[TRAINING_ORDER.index(module) :]}
     assert not imported & later
     assert not imported & {"training", "benchmarks", *COMMAND_LINES}
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "qformer_pretraining").glob("*.py")), ids=lambda p: p.stem)
+def test_the_stage1_package_is_a_library(path):
+    assert not imports(path) & {"training", "benchmarks", *COMMAND_LINES}
 
 
 def test_nothing_imports_a_command_line():

@@ -46,3 +46,17 @@ def test_training_logs_report_rates_and_every_learning_rate():
     assert (logs["train/samples_per_second"], logs["train/tokens_per_second"]) == (1.0, 3.0)
     assert (logs["perf/data_wait_s"], logs["perf/compute_s"], logs["perf/data_wait_fraction"]) == (0.5, 1.5, 0.25)
     assert logs["train/lr_projector"] == 1e-3 and logs["train/grad_norm"] == pytest.approx(0.25)
+
+
+def test_each_objective_of_a_multi_objective_loss_is_averaged_and_logged_on_its_own():
+    accelerator = Accelerator(cpu=True)
+    window = StepWindow(accelerator.device, objectives=("itc", "itg"))
+    batch = {"input_ids": torch.ones(2, 3), "attention_mask": torch.ones(2, 3)}
+    window.add_batch(torch.tensor(3.0), batch, {"itc": torch.tensor(1.0), "itg": torch.tensor(2.0)})
+    window.add_batch(torch.tensor(5.0), batch, {"itc": torch.tensor(2.0), "itg": torch.tensor(3.0)})
+    window.time_s = 1.0
+    optimizer = torch.optim.AdamW([{"name": "projector", "params": [torch.nn.Parameter(torch.zeros(1))]}])
+    logs = training_logs(window.flush(accelerator), 0, 0, optimizer, None, accelerator.device)
+    assert (logs["train/loss"], logs["train/loss_itc"], logs["train/loss_itg"]) == (4.0, 1.5, 2.5)
+    assert "train/loss_itm" not in logs
+    assert window.flush(accelerator).objective_sums == {"itc": 0.0, "itg": 0.0}

@@ -102,13 +102,18 @@ def test_yaml_config_and_command_line_overrides(tmp_path):
 def test_shipped_configs_are_valid():
     for path in CONFIGS.glob("*.yaml"):
         args = train_accelerate.parse_args([], path)
-        assert args.stage in ("align", "finetune", "lora"), path
+        assert args.stage in ("align", "finetune", "lora", "qformer_stage1"), path
     coco = {path.stem: train_accelerate.parse_args([], path) for path in CONFIGS.glob("coco_*.yaml")}
     for name, args in coco.items():
         assert (args.vision_model, args.text_model) == ("google/siglip-base-patch16-224", "Qwen/Qwen2.5-0.5B-Instruct")
         assert (args.num_train_epochs, args.max_train_samples, args.max_eval_samples) == (10, 1000, 1000), name
         assert args.mixed_precision == "bf16" and args.dataset == "coco-karpathy", name
     assert coco["coco_qformer_lora"].stage == "lora" and coco["coco_mlp"].stage == "align"
+    stage1 = train_accelerate.parse_args([], CONFIGS / "qformer_stage1.yaml")
+    assert (stage1.stage, stage1.vision_model, stage1.bert_model, stage1.text_model) == (
+        "qformer_stage1", "google/siglip-base-patch16-224", "bert-base-uncased", None
+    )
+    assert stage1.metric_for_best_model == "recall_mean" and stage1.dataset == "coco-karpathy"
     accelerate_configs = (CONFIGS / "accelerate").glob("*.yaml")
     kinds = {path.stem: load_config_from_file(str(path)).distributed_type for path in accelerate_configs}
     assert {name: str(kind).split(".")[-1] for name, kind in kinds.items()} == {

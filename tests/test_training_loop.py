@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText
 
 from caption_data import make_shapes_dataset
 from modeling_vlm import VLMForConditionalGeneration
-from tiny_runs import caption_inputs, saved_weights, tiny_args
+from tiny_runs import assert_same_weights, caption_inputs, saved_weights, tiny_args
 from tiny_vlm import build_tiny_vlm
 from training import train, training_step
 from training.checkpointing import latest_checkpoint
@@ -81,12 +81,6 @@ def test_model_card_of_a_run_has_valid_metadata_and_its_metrics(learned_run):
     for image_id, _, caption in results.sample_captions:
         assert image_id in card.text and caption in card.text
     assert "trust_remote_code=True" in card.text and "stage: finetune" in card.text
-
-
-def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_resume_mid_epoch_gives_the_uninterrupted_result_and_align_keeps_towers_frozen(tmp_path):
@@ -216,10 +210,10 @@ def test_training_step_is_forward_backward_clip_and_adamw_over_the_accumulation_
     batch = caption_batch(processor, 4)
     model, optimizer, scheduler = prepared_align_run(accelerator, model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    loss, grad_norm = training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm=0.1)
-    assert grad_norm is None  # mid-cycle: no optimizer step yet
+    loss, grad_norm, objectives = training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm=0.1)
+    assert grad_norm is None and objectives == {}  # mid-cycle: no optimizer step yet; a single-objective model
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
-    second_loss, grad_norm = training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm=0.1)
+    second_loss, grad_norm, _ = training_step(model, batch, accelerator, optimizer, scheduler, max_grad_norm=0.1)
 
     configure_trainable_parameters(reference, "align")
     reference_optimizer = build_optimizer(reference, learning_rate=1e-2)
@@ -243,7 +237,7 @@ def test_training_step_with_zero_weight_learns_nothing():
     batch = caption_batch(processor, 1)
     model, optimizer, scheduler = prepared_align_run(accelerator, model)
     before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm = training_step(model, batch, accelerator, optimizer, scheduler, 1.0, loss_weight=0.0)
+    loss, grad_norm, _ = training_step(model, batch, accelerator, optimizer, scheduler, 1.0, loss_weight=0.0)
     assert loss == 0 and grad_norm == 0
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
@@ -304,8 +298,8 @@ def test_training_step_without_a_batch_still_steps_the_schedule():
     accelerator = Accelerator(cpu=True)
     model, optimizer, scheduler = prepared_align_run(accelerator, build_tiny_vlm("mlp", seed=0)[0])
     before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm = training_step(model, None, accelerator, optimizer, scheduler, 1.0)
-    assert loss is None and grad_norm == 0 and scheduler.scheduler.last_epoch == 1
+    loss, grad_norm, objectives = training_step(model, None, accelerator, optimizer, scheduler, 1.0)
+    assert loss is None and grad_norm == 0 and objectives == {} and scheduler.scheduler.last_epoch == 1
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 

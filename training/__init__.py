@@ -3,14 +3,17 @@
 Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Accelerate, one job per module:
 
 - `arguments`: [`VLMTrainingArguments`], every setting of a run, and the YAML config files that fill it;
-- `model_setup`: the model source, the freeze stage (`align`, `finetune`, `lora`), AdamW and the schedule;
+- `model_setup`: the model source (a Q-Former stage-1 model, or a VLM whose Q-Former starts from one), the freeze
+  stage (`align`, `finetune`, `lora`), AdamW and the schedule;
 - `data`: caption examples, the collator, the training loader and the evaluation set;
+- `pair_data`: Q-Former stage 1's image-text pairs and its retrieval evaluation set;
 - `feature_cache`: the on-disk cache of a frozen vision tower's features;
 - `integrity`: checksum manifests and the frozen weights' reference, what makes a checkpoint safe to resume;
 - `checkpointing`: the output directory, lean atomic checkpoints, rotation, verified resume;
 - `saved_models`: the final model and `best/`;
 - `telemetry`: what is logged while training;
 - `evaluation`: validation loss and COCO caption metrics during training;
+- `retrieval_evaluation`: Q-Former stage 1's validation losses and retrieval Recall@K;
 - `model_card`: the model card of a run and the Hub upload;
 - `results`: [`TrainingResults`], what a finished run reports;
 - `loop`: [`train`] and [`training_step`];
@@ -18,17 +21,29 @@ Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Acce
 """
 
 from .arguments import VLMTrainingArguments, load_yaml_config
-from .comparison import ALL_RUNS, RUN_NAMES, projector_comparison_table, run_comparison, run_settings
+from .comparison import (
+    ALL_RUNS,
+    COMPARE_ALL,
+    RUN_NAMES,
+    STAGE1_RUN,
+    named_runs,
+    projector_comparison_table,
+    run_comparison,
+    run_settings,
+)
 from .loop import train, training_step
 from .results import TrainingResults
 
 
 __all__ = [
     "ALL_RUNS",
+    "COMPARE_ALL",
     "RUN_NAMES",
+    "STAGE1_RUN",
     "TrainingResults",
     "VLMTrainingArguments",
     "load_yaml_config",
+    "named_runs",
     "projector_comparison_table",
     "run_comparison",
     "run_settings",

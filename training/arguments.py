@@ -17,6 +17,9 @@ from configuration_vlm import FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
 
 
 FREEZE_STAGES = ("align", "finetune", "lora")
+QFORMER_STAGE1 = "qformer_stage1"
+STAGES = (*FREEZE_STAGES, QFORMER_STAGE1)
+DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_MAX_CAPTION_TOKENS = 64
 # The `VLMConfig` settings a run may choose in `model_config`: the projector's; the towers come from the model source.
 MODEL_CONFIG_KEYS = tuple(
@@ -33,7 +36,8 @@ LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pr
 class VLMTrainingArguments:
     """Settings of one training run. The keys of a YAML config file are these field names."""
 
-    # Model source: exactly one of `model: tiny`, `vision_model` + `text_model`, or `model_name_or_path`.
+    # Model source: exactly one of `model: tiny`, `vision_model` + `text_model`, or `model_name_or_path` (Q-Former
+    # stage 1: `model: tiny` or `vision_model`, with `bert_model`).
     model: str | None = field(
         default=None, metadata={"help": '"tiny": random tiny towers built offline (tiny_vlm.py).'}
     )
@@ -63,7 +67,10 @@ class VLMTrainingArguments:
     # Which weights train.
     stage: str = field(
         default="align",
-        metadata={"help": "align: projector only; finetune: projector + LLM; lora: projector + LoRA on the LLM."},
+        metadata={
+            "help": "align: projector only; finetune: projector + LLM; lora: projector + LoRA on the LLM; "
+            "qformer_stage1: BLIP-2's Q-Former pretraining on image-text pairs (ITC, ITM, ITG), no LLM."
+        },
     )
     unfreeze_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (no feature cache)."})
     lora_r: int = field(default=16, metadata={"help": "Rank of the LoRA adapters (stage lora)."})
@@ -71,6 +78,26 @@ class VLMTrainingArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA adapters' input."})
     lora_target_modules: str = field(
         default=LORA_TARGET_MODULES, metadata={"help": "Regex of the LoRA-adapted modules (language model only)."}
+    )
+
+    # BLIP-2 stage 1 (stage qformer_stage1), and its hand-off to stage 2.
+    bert_model: str | None = field(
+        default=None,
+        metadata={
+            "help": f"BERT-family checkpoint (Hub id or directory) that initialises the stage-1 Q-Former; default "
+            f"{DEFAULT_BERT} (a random tiny BERT with model: tiny)."
+        },
+    )
+    itc_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text contrastive (0: off)."})
+    itm_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text matching (0: off)."})
+    itg_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-grounded generation (0: off)."})
+    image_text_hidden_size: int = field(default=256, metadata={"help": "Stage 1: width of the contrastive space."})
+    retrieval_rerank_k: int = field(
+        default=0, metadata={"help": "Stage 1 evaluation: re-rank each query's top k by the ITM head (0: ITC only)."}
+    )
+    qformer_init: str | None = field(
+        default=None,
+        metadata={"help": "A stage-1 output directory whose Q-Former the new qformer projector starts from."},
     )
 
     # Data.
@@ -131,7 +158,9 @@ class VLMTrainingArguments:
     eval_before_training: bool = field(default=False, metadata={"help": "Also evaluate the untrained model."})
     predict_with_generate: bool = field(default=True, metadata={"help": "Caption the eval split and score it."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest generated caption, in tokens."})
-    metric_for_best_model: str = field(default="CIDEr", metadata={"help": "Metric that picks output_dir/best."})
+    metric_for_best_model: str | None = field(
+        default=None, metadata={"help": "Metric that picks output_dir/best; CIDEr (stage 1: recall_mean) by default."}
+    )
     num_sample_captions: int = field(default=6, metadata={"help": "Generated captions shown in the model card."})
 
     # Checkpoints and outputs.
@@ -156,6 +185,31 @@ class VLMTrainingArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
 
     def __post_init__(self) -> None:
+        self._check_model_source()
+        if self.fusion not in FUSION_TYPES:
+            raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
+        if self.stage == QFORMER_STAGE1:
+            self.projector_type = self.projector_type or "qformer"
+        self.projector_type = self.projector_type or ("perceiver" if self.fusion == "cross_attention" else "mlp")
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES}.")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage={self.stage!r} is invalid; choose one of {STAGES}.")
+        if self.eval_strategy not in ("epoch", "no"):
+            raise ValueError(f"eval_strategy={self.eval_strategy!r} is invalid; choose 'epoch' or 'no'.")
+        if self.max_caption_tokens < 1:
+            raise ValueError(f"max_caption_tokens={self.max_caption_tokens} is invalid; it must be at least 1.")
+        if self.overwrite_output_dir and self.resume_from_checkpoint:
+            raise ValueError(
+                "overwrite_output_dir starts afresh and resume_from_checkpoint continues a run: pass one of them."
+            )
+        self.model_config = self._checked_model_config()
+        self._check_qformer_stages()
+        stage1 = self.stage == QFORMER_STAGE1
+        self.metric_for_best_model = self.metric_for_best_model or ("recall_mean" if stage1 else "CIDEr")
+
+    def _check_model_source(self) -> None:
+        """Exactly one model source (see the field comments), and a known one."""
         sources = [
             self.model is not None,
             bool(self.vision_model or self.text_model),
@@ -168,24 +222,30 @@ class VLMTrainingArguments:
             )
         if self.model not in (None, "tiny"):
             raise ValueError(f"model={self.model!r} is invalid; the only named model is 'tiny'.")
-        if sources[1] and not (self.vision_model and self.text_model):
+        # Stage 1 has no language model: `vision_model` alone is a source there.
+        if sources[1] and not (self.vision_model and (self.text_model or self.stage == QFORMER_STAGE1)):
             raise ValueError("`vision_model` and `text_model` go together: pass both.")
-        if self.fusion not in FUSION_TYPES:
-            raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
-        self.projector_type = self.projector_type or ("perceiver" if self.fusion == "cross_attention" else "mlp")
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES}.")
-        if self.stage not in FREEZE_STAGES:
-            raise ValueError(f"stage={self.stage!r} is invalid; choose one of {FREEZE_STAGES}.")
-        if self.eval_strategy not in ("epoch", "no"):
-            raise ValueError(f"eval_strategy={self.eval_strategy!r} is invalid; choose 'epoch' or 'no'.")
-        if self.max_caption_tokens < 1:
-            raise ValueError(f"max_caption_tokens={self.max_caption_tokens} is invalid; it must be at least 1.")
-        if self.overwrite_output_dir and self.resume_from_checkpoint:
+
+    def _check_qformer_stages(self) -> None:
+        """Stage 1 trains a new Q-Former on a frozen tower; `qformer_init` hands one to a new `qformer` projector."""
+        if self.stage == QFORMER_STAGE1:
+            if self.model_name_or_path is not None or self.qformer_init is not None:
+                raise ValueError(
+                    "stage qformer_stage1 trains a new Q-Former from BERT: use `model: tiny` or `vision_model` (with "
+                    "bert_model), not model_name_or_path or qformer_init."
+                )
+            if self.projector_type != "qformer" or self.fusion != "early" or self.unfreeze_vision:
+                raise ValueError(
+                    "stage qformer_stage1 pretrains the qformer projector on a frozen vision tower: leave "
+                    "projector_type, fusion and unfreeze_vision at their defaults."
+                )
+        elif self.bert_model is not None:
+            raise ValueError(f"bert_model initialises stage qformer_stage1 only; this run's stage is {self.stage!r}.")
+        if self.qformer_init is not None and (self.projector_type != "qformer" or self.model_name_or_path):
             raise ValueError(
-                "overwrite_output_dir starts afresh and resume_from_checkpoint continues a run: pass one of them."
+                f"qformer_init={self.qformer_init!r} starts a new qformer projector from stage 1: set projector_type "
+                "qformer and build the model from `model: tiny` or vision_model + text_model (not model_name_or_path)."
             )
-        self.model_config = self._checked_model_config()
 
     def _checked_model_config(self) -> dict[str, Any]:
         """`model_config` as a mapping of projector settings; unknown keys raise (their values are checked on build)."""

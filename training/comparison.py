@@ -1,5 +1,9 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
-"""The projector comparison: one training run after the other, and the table that sets them side by side."""
+"""
+The projector comparison: one training run after the other, and the table that sets them side by side. The run
+`qformer_stage1` is two: BLIP-2's stage 1 (the Q-Former pretrained on image-text pairs, in `<run>/stage1`), then the
+`qformer` run starting from it; its row counts both stages' steps and time.
+"""
 
 import os
 from dataclasses import replace
@@ -8,53 +12,86 @@ from caption_metrics import CIDER_SCALE_NOTE
 from configuration_vlm import PROJECTOR_TYPES
 from markdown_tables import format_score, markdown_table
 
-from .arguments import VLMTrainingArguments
+from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .loop import train
 from .results import TrainingResults
 
 
 COMPARISON_COLUMNS = (
-    "model", "projector", "fusion", "LLM tokens / image", "visual tokens", "trainable params", "best CIDEr",
-    "final CIDEr", "final METEOR", "final val loss", "train time (s)", "samples/s",
+    "model", "projector", "fusion", "LLM tokens / image", "visual tokens", "trainable params", "training steps",
+    "best CIDEr", "final CIDEr", "final METEOR", "final val loss", "train time (s)", "samples/s",
 )  # fmt: skip
 
 CROSS_ATTENTION_SUFFIX = "_xattn"
 RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{CROSS_ATTENTION_SUFFIX}" for projector in PROJECTOR_TYPES))
 """The runs `--compare` knows by name: each projector with early fusion, and with cross-attention (`<name>_xattn`)."""
 ALL_RUNS = (*PROJECTOR_TYPES, f"perceiver{CROSS_ATTENTION_SUFFIX}")
-"""`--compare all`: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""
+"""The bridges: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""
+STAGE1_RUN = "qformer_stage1"
+"""The `qformer` run after BLIP-2's stage 1 (see the module docstring)."""
+COMPARE_ALL = (*ALL_RUNS, STAGE1_RUN)
+"""`--compare all`: every bridge, and the Q-Former with stage 1 beside the one without."""
+STAGE1_DIR = "stage1"
 
 
 def run_settings(name: str) -> dict[str, str]:
-    """The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`])."""
+    """The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], or [`STAGE1_RUN`])."""
+    if name == STAGE1_RUN:
+        return {"projector_type": "qformer", "fusion": "early"}
     if name not in RUN_NAMES:
-        raise ValueError(f"Unknown run {name!r}; choose one of {', '.join(RUN_NAMES)}.")
+        raise ValueError(f"Unknown run {name!r}; choose one of {', '.join((*RUN_NAMES, STAGE1_RUN))}.")
     projector_type = name.removesuffix(CROSS_ATTENTION_SUFFIX)
     return {"projector_type": projector_type, "fusion": "early" if name == projector_type else "cross_attention"}
 
 
+def named_runs(base: VLMTrainingArguments, name: str) -> list[VLMTrainingArguments]:
+    """
+    The training runs of the run called `name` with `base`'s settings, in `<base.output_dir>/<name>`: one, or for
+    [`STAGE1_RUN`] stage 1 (same data, seed, batch size, learning rate and epochs, into `<name>/stage1`) and then the
+    `qformer` run starting from it.
+    """
+    output_dir = os.path.join(base.output_dir, name)
+    run = replace(base, **run_settings(name), output_dir=output_dir)
+    if name != STAGE1_RUN:
+        return [run]
+    stage1_dir = os.path.join(output_dir, STAGE1_DIR)
+    stage1 = replace(run, stage=QFORMER_STAGE1, output_dir=stage1_dir, metric_for_best_model=None)
+    return [stage1, replace(run, qformer_init=stage1_dir)]
+
+
 def run_comparison(runs: list[VLMTrainingArguments]) -> list[TrainingResults]:
     """
-    Trains every run in turn (they share the vision feature cache) and returns their results; the first one also
-    evaluates its untrained model, the baseline row of [`projector_comparison_table`].
+    Trains every run in turn (they share the vision feature cache) and returns their results; the first captioning
+    run also evaluates its untrained model, the baseline row of [`projector_comparison_table`].
     """
-    return [train(replace(run, eval_before_training=index == 0)) for index, run in enumerate(runs)]
+    first = next((index for index, run in enumerate(runs) if run.stage != QFORMER_STAGE1), None)
+    return [train(replace(run, eval_before_training=index == first)) for index, run in enumerate(runs)]
 
 
 def projector_comparison_table(results: list[TrainingResults]) -> str:
     """
-    Markdown table of [`run_comparison`] results: the untrained baseline, then one row per run with its fusion, its
-    tokens per image (in the language model's sequence, and out of the projector), trainable parameters, best and
-    final CIDEr, final METEOR and validation loss, training time and throughput.
+    Markdown table of [`run_comparison`] results: the untrained baseline, then one row per captioning run with its
+    fusion, its tokens per image (in the language model's sequence, and out of the projector), trainable parameters,
+    optimizer steps (a Q-Former stage 1 before it counted in), best and final CIDEr, final METEOR and validation loss,
+    training time (stage 1's included) and throughput.
     """
-    first = results[0]
+    first = next(result for result in results if result.stage != QFORMER_STAGE1)
     untrained = first.history[0]
-    rows = [_row("untrained", first, untrained.get("CIDEr"), untrained, 0.0, "-")]
+    rows = [_row("untrained", first, untrained.get("CIDEr"), untrained, "-", 0.0, "-")]
+    stage1 = None
     for result in results:
+        if result.stage == QFORMER_STAGE1:
+            stage1 = result
+            continue
         best = max((r["CIDEr"] for r in result.history if r["step"] > 0 and "CIDEr" in r), default=None)
         name = os.path.basename(result.output_dir)
+        steps = f"{result.stage} {result.global_step}"
+        time_s = result.train_time_s
+        if stage1 is not None:
+            steps, time_s = f"stage 1 {stage1.global_step} + {steps}", time_s + stage1.train_time_s
         throughput = f"{result.samples_per_second:.1f}"
-        rows.append(_row(name, result, best, result.final_metrics, result.train_time_s, throughput))
+        rows.append(_row(name, result, best, result.final_metrics, steps, time_s, throughput))
+        stage1 = None
     return markdown_table(COMPARISON_COLUMNS, rows, left_aligned=3) + f"\n\n{CIDER_SCALE_NOTE}\n"
 
 
@@ -63,12 +100,13 @@ def _row(
     result: TrainingResults,
     best_cider: float | None,
     metrics: dict[str, float],
+    steps: str,
     time_s: float,
     throughput: str,
 ) -> list[str]:
     return [
         name, result.projector_type, result.fusion, str(result.num_image_tokens), str(result.num_visual_tokens),
-        f"{result.trainable_parameters:,}",
+        f"{result.trainable_parameters:,}", steps,
         format_score(best_cider), format_score(metrics.get("CIDEr")), format_score(metrics.get("METEOR")),
         f"{metrics['loss']:.4f}", f"{time_s:.0f}", throughput,
     ]  # fmt: skip

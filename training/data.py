@@ -6,6 +6,7 @@ builds the training loader and the evaluation set of a run, with the frozen towe
 """
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,9 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 from datasets import Image as ImageFeature
+from torch import nn
 from torch.utils.data import DataLoader
+from transformers import ProcessorMixin
 
 from caption_data import load_captions, open_image, readable_rows
 from captioning import CAPTION_PROMPT, caption_messages, caption_prompt
@@ -161,7 +164,7 @@ class RunData:
 
     train_examples: CaptionExamples
     train_loader: DataLoader
-    eval_set: EvalSet
+    eval_set: Any  # `EvalSet`, or for Q-Former stage 1 `pair_data.RetrievalEvalSet`
     features: dict[str, VisionFeatures | None]
 
 
@@ -191,27 +194,11 @@ def prepare_data(
         processor, args.prompt, args.max_caption_tokens, vlm.config.text_config.max_position_embeddings,
         args.max_new_tokens if generates else 0,
     )  # fmt: skip
-    with accelerator.main_process_first():
-        train_data = load_split(args, args.train_split, args.max_train_samples)
-        eval_data = load_split(args, args.eval_split, args.max_eval_samples)
-    features: dict[str, VisionFeatures | None] = {"train": None, "eval": None}
-    if args.cache_vision_features and not any(p.requires_grad for p in vlm.vision_tower.parameters()):
-        with accelerator.local_main_process_first():
-            for name, data in (("train", train_data), ("eval", eval_data)):
-                features[name] = load_or_compute_vision_features(
-                    vlm, processor, data, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
-                )
+    train_data, eval_data, features = load_splits_and_features(args, accelerator, vlm, processor)
     collator = CaptionCollator(processor, args.prompt, args.max_caption_tokens)
     train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
-    # Shuffled by accelerate's seedable sampler (see `make_accelerator`): the order depends on the seed and the epoch
-    # only, the same on every process and after a resume.
-    train_loader = DataLoader(
-        train_examples,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        num_workers=args.dataloader_num_workers,
-    )
+    batch_size, num_workers = args.per_device_train_batch_size, args.dataloader_num_workers
+    train_loader = training_loader(train_examples, collator, batch_size, num_workers)
     eval_set = build_eval_set(
         accelerator,
         eval_data,
@@ -224,6 +211,45 @@ def prepare_data(
     if not eval_set.references:
         raise ValueError(f"No image of the {args.eval_split!r} split of {args.dataset!r} could be read.")
     return RunData(train_examples, train_loader, eval_set, features)
+
+
+def load_splits_and_features(
+    args: VLMTrainingArguments, accelerator: Accelerator, model: nn.Module, processor: ProcessorMixin
+) -> tuple[Dataset, Dataset, dict[str, VisionFeatures | None]]:
+    """
+    Both splits of the run, and the vision features of each (`{"train": ..., "eval": ...}`) from the cache when
+    `model`'s tower is frozen and caching is on (`None` otherwise).
+    """
+    with accelerator.main_process_first():
+        train_data = load_split(args, args.train_split, args.max_train_samples)
+        eval_data = load_split(args, args.eval_split, args.max_eval_samples)
+    features: dict[str, VisionFeatures | None] = {"train": None, "eval": None}
+    if args.cache_vision_features and not any(p.requires_grad for p in model.vision_tower.parameters()):
+        with accelerator.local_main_process_first():
+            for name, data in (("train", train_data), ("eval", eval_data)):
+                features[name] = load_or_compute_vision_features(
+                    model, processor, data, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
+                )
+    return train_data, eval_data, features
+
+
+def training_loader(
+    examples: CaptionExamples, collator: Callable[[list[dict]], dict], batch_size: int, num_workers: int
+) -> DataLoader:
+    """
+    The training loader of `examples`, shuffled once prepared by accelerate's seedable sampler (see
+    `make_accelerator`): the order depends on the seed and the epoch only, the same on every process and after a resume.
+    """
+    return DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collator,
+        num_workers=num_workers,
+        # Its own generator: starting an epoch draws a seed, which must not come from the global generator, whose
+        # state a checkpoint restores where the training steps (dropout, sampling) left it.
+        generator=torch.Generator(),
+    )
 
 
 def check_sequences_fit(

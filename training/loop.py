@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
-from .arguments import VLMTrainingArguments
+from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .checkpointing import Checkpointer, TrainerState
 from .data import EvalSet, RunData, prepare_data
 from .evaluation import evaluate
 from .integrity import FrozenWeights
-from .model_card import push_output_dir, write_model_card
+from .model_card import push_output_dir, write_model_card, write_stage1_model_card
 from .model_setup import (
     TrainingSchedule,
     build_model,
@@ -37,7 +37,16 @@ from .model_setup import (
     prepare_model_for_training,
 )
 from .output_dir import prepare_output_dir
-from .results import TrainingResults, bridge_description, collect_results, results_summary, run_summary
+from .pair_data import RetrievalEvalSet, prepare_pair_data
+from .results import (
+    TrainingResults,
+    bridge_description,
+    bridge_fields,
+    collect_results,
+    results_summary,
+    run_summary,
+)
+from .retrieval_evaluation import evaluate_retrieval
 from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, training_logs
 
@@ -54,7 +63,7 @@ def training_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float,
     loss_weight: float = 1.0,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, torch.Tensor]]:
     """
     One micro-batch: forward with `labels` (the loss on labelled positions only), backward, and at the end of an
     accumulation cycle gradient clipping; the prepared optimizer and scheduler step only then. `loss_weight` 0 replays
@@ -63,22 +72,27 @@ def training_step(
     Args:
         batch (`dict[str, torch.Tensor]`, *optional*): a [`~training.data.CaptionCollator`] batch: `input_ids`,
             `attention_mask`, `labels` and `position_ids` of shape `(batch_size, sequence_length)`, and `pixel_values`
-            `(batch_size, 3, image_size, image_size)` or `vision_features` `(batch_size, num_patches, vision_dim)`.
+            `(batch_size, 3, image_size, image_size)` or `vision_features` `(batch_size, num_patches, vision_dim)`;
+            or a stage-1 [`~training.pair_data.PairCollator`] batch.
 
     Returns:
-        The detached loss `()` (`None` without a batch) and the gradient norm `()` before clipping (`None` mid-cycle).
+        The detached loss `()` (`None` without a batch), the gradient norm `()` before clipping (`None` mid-cycle),
+        and the detached loss `()` of each objective of a multi-objective model (stage 1: `{"itc": ..., ...}`).
     """
     loss = grad_norm = None
+    objectives = {}
     with accelerator.accumulate(model):
         if batch is not None:
-            loss = model(**batch).loss * loss_weight
+            outputs = model(**batch)
+            loss = outputs.loss * loss_weight
+            objectives = {name[5:]: value.detach() for name, value in outputs.items() if name.startswith("loss_")}
             accelerator.backward(loss)
         if accelerator.sync_gradients:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-    return (None if loss is None else loss.detach()), grad_norm
+    return (None if loss is None else loss.detach()), grad_norm, objectives
 
 
 def train(
@@ -109,7 +123,10 @@ def train(
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_steps, args.save_total_limit, frozen)
     checkpoint = checkpointer.find(args.resume_from_checkpoint)
 
-    data = prepare_data(args, accelerator, vlm, processor)
+    if args.stage == QFORMER_STAGE1:
+        data = prepare_pair_data(args, accelerator, vlm, processor)
+    else:
+        data = prepare_data(args, accelerator, vlm, processor)
     num_examples = len(data.train_examples)
     optimizer, scheduler, schedule = build_optimization(model, args, num_examples, accelerator.num_processes)
     # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
@@ -122,10 +139,7 @@ def train(
     accelerator.init_trackers(run_name, config=tracker_config(args))
     samples_per_step = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     accelerator.print(
-        run_summary(
-            bridge_description(vlm.config.projector_type, vlm.config.fusion, vlm.config.cross_attention_layer_indices),
-            args.stage, data, schedule, parameter_counts, samples_per_step,
-        )  # fmt: skip
+        run_summary(bridge_description(vlm), args.stage, data, schedule, parameter_counts, samples_per_step)
     )
     captions = run_epochs(
         args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, checkpointer
@@ -141,7 +155,8 @@ def train(
     accelerator.print(results_summary(results))
     if accelerator.is_main_process:
         results.save(args.output_dir)
-        write_model_card(args.output_dir, args, results)
+        card_writer = write_stage1_model_card if args.stage == QFORMER_STAGE1 else write_model_card
+        card_writer(args.output_dir, args, results)
         if args.push_to_hub:
             push_output_dir(args.output_dir, args.push_to_hub, args.hub_private_repo)
     accelerator.wait_for_everyone()
@@ -196,13 +211,15 @@ def run_epochs(
     step with `args.eval_before_training`, after the last one when `max_steps` ends mid-epoch). Returns the captions
     of the last evaluation.
     """
+    unwrapped = accelerator.unwrap_model(model)
     bar = tqdm(
         total=schedule.total_steps,
         initial=state.global_step,
-        desc=f"train {accelerator.unwrap_model(model).config.projector_type}",
+        desc=f"train {bridge_fields(unwrapped)['projector_type']}",
         disable=not accelerator.is_local_main_process,
     )
-    report = ProgressReport(accelerator, optimizer, StepWindow(accelerator.device), bar)
+    objectives = tuple(name for name, weight in getattr(unwrapped.config, "objective_weights", {}).items() if weight)
+    report = ProgressReport(accelerator, optimizer, StepWindow(accelerator.device, objectives), bar)
     window = report.window
     captions: dict[str, str] = {}
     if args.eval_before_training and args.eval_strategy != "no" and state.global_step == 0:
@@ -215,11 +232,11 @@ def run_epochs(
             window.add_skipped_images(batch.pop("num_skipped_images"))
             batch, weight, previous = replay_if_unreadable(batch, previous)
             with window.computing():
-                loss, grad_norm = training_step(
+                loss, grad_norm, objectives = training_step(
                     model, batch, accelerator, optimizer, scheduler, args.max_grad_norm, weight
                 )
             if weight:
-                window.add_batch(loss, batch)
+                window.add_batch(loss, batch, objectives)
             if accelerator.sync_gradients:
                 end_optimizer_step(report, checkpointer, state, grad_norm, args.logging_steps, schedule.total_steps)
                 if state.global_step >= schedule.total_steps and state.step_in_epoch < len(data.train_loader):
@@ -309,7 +326,7 @@ def evaluate_and_record(
     accelerator: Accelerator,
     model: nn.Module,
     processor: VLMProcessor,
-    eval_set: EvalSet,
+    eval_set: EvalSet | RetrievalEvalSet,
     state: TrainerState,
     args: VLMTrainingArguments,
     epoch: float,
@@ -319,9 +336,14 @@ def evaluate_and_record(
     Evaluates the model, appends the record to `state.history`, logs and prints it, and with `save_best` keeps the
     model in `output_dir/best` when it improves on `args.metric_for_best_model`. Returns the captions (main process).
     """
-    metrics, captions = evaluate(
-        accelerator, model, processor, eval_set, args.predict_with_generate, args.max_new_tokens, args.prompt
-    )
+    if isinstance(eval_set, RetrievalEvalSet):
+        captions = {}
+        batch_size = args.per_device_eval_batch_size
+        metrics = evaluate_retrieval(accelerator, model, eval_set, args.retrieval_rerank_k, batch_size)
+    else:
+        metrics, captions = evaluate(
+            accelerator, model, processor, eval_set, args.predict_with_generate, args.max_new_tokens, args.prompt
+        )
     record = {"epoch": epoch, "step": state.global_step, **metrics}
     state.history.append(record)
     accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)

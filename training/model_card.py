@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from caption_data import KARPATHY_SOURCE
 from markdown_tables import format_score, markdown_table
+from qformer_pretraining.retrieval import RECALL_KS
 
 from .arguments import VLMTrainingArguments
 from .checkpointing import CHECKPOINT_PREFIX, TMP_PREFIX
@@ -21,8 +22,11 @@ from .saved_models import BEST_DIR
 
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+STAGE1_TEMPLATE_PATH = Path(__file__).with_name("stage1_model_card_template.md")
 CARD_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
 """The caption metrics a model card reports, in its model-index and its table."""
+STAGE1_CARD_METRICS = (*(f"{d}_R{k}" for d in ("i2t", "t2i") for k in RECALL_KS), "recall_mean")
+"""The retrieval metrics a stage-1 model card reports."""
 
 
 def base_model_ids(*sources: str | None) -> list[str]:
@@ -111,6 +115,48 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
         "repo": args.push_to_hub or output_dir,
     }
     card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **values)
+    card.save(os.path.join(output_dir, "README.md"))
+    return card
+
+
+def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results: TrainingResults) -> ModelCard:
+    """
+    `README.md` of a Q-Former stage-1 output dir: metadata (the vision tower and BERT as base models, a model-index
+    with the final retrieval recalls), losses and Recall@1/5/10 per epoch, the configuration, hardware and times.
+    """
+    final = results.final_metrics
+    model_name = args.push_to_hub or os.path.basename(os.path.abspath(output_dir))
+    datasets = dataset_ids(args.dataset)
+    dataset_name = datasets[0] if datasets else args.dataset
+    common = {"task_type": "image-text-retrieval", "dataset_type": dataset_name, "dataset_name": dataset_name}
+    eval_results = [
+        EvalResult(**common, dataset_split=args.eval_split, metric_type="recall", metric_name=name,
+                   metric_value=round(final[name], 4))
+        for name in STAGE1_CARD_METRICS
+        if name in final
+    ]  # fmt: skip
+    base_models = base_model_ids(args.vision_model, args.bert_model)
+    card_data = ModelCardData(
+        model_name=model_name, base_model=base_models or None, datasets=datasets or None, library_name="transformers",
+        license="apache-2.0", tags=["vision-language", "blip-2", "q-former", f"stage-{args.stage}"],
+        eval_results=eval_results or None,
+    )  # fmt: skip
+    objectives = [name.upper() for name in ("itc", "itm", "itg") if getattr(args, f"{name}_weight")]
+    losses = [name for name in ("loss", "loss_itc", "loss_itm", "loss_itg") if name in final]
+    values = {
+        **asdict(args),
+        **_results_fields(results),
+        "model_name": model_name,
+        "towers": args.vision_model or "the tiny random tower (offline)",
+        "bert": args.bert_model or ("tiny random BERT" if args.model == "tiny" else "bert-base-uncased"),
+        "num_queries": results.num_visual_tokens,
+        "objectives": " + ".join(objectives),
+        "ranking": f"(top {args.retrieval_rerank_k} re-ranked by ITM)" if args.retrieval_rerank_k else "(ITC only)",
+        "history_table": history_table(results.history, [*losses, *(m for m in STAGE1_CARD_METRICS if m in final)]),
+        "config_yaml": yaml.safe_dump(asdict(args), sort_keys=False).strip(),
+        "repo": args.push_to_hub or output_dir,
+    }
+    card = ModelCard.from_template(card_data, template_path=str(STAGE1_TEMPLATE_PATH), **values)
     card.save(os.path.join(output_dir, "README.md"))
     return card
 

@@ -12,13 +12,23 @@ import torch
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import get_scheduler
+from transformers import AutoModel, AutoTokenizer, get_scheduler
 
-from modeling_vlm import VLMForConditionalGeneration
+from configuration_vlm import VLMConfig
+from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower
 from processing_vlm import VLMProcessor
-from tiny_vlm import build_tiny_vlm
+from qformer_pretraining import (
+    QFormerForPretraining,
+    QFormerPretrainingConfig,
+    QFormerPretrainingProcessor,
+    build_qformer_pretraining,
+    load_stage1_qformer,
+    vlm_qformer_settings,
+)
+from qformer_pretraining.building import SHAPE_SETTINGS
+from tiny_vlm import build_tiny_bert, build_tiny_vlm
 
-from .arguments import VLMTrainingArguments
+from .arguments import DEFAULT_BERT, QFORMER_STAGE1, VLMTrainingArguments
 
 
 COMPONENTS = {
@@ -27,7 +37,10 @@ COMPONENTS = {
     "cross_attention_blocks": "projector",
     "language_model": "llm",
 }
-"""Parameter-name fragment -> component, for the per-component learning rates (the bridge's new layers together)."""
+"""
+Parameter-name fragment -> component, for the per-component learning rates: the bridge's new layers together as
+`projector`, which every other parameter (the stage-1 Q-Former and its heads) belongs to as well.
+"""
 
 
 def model_source(args: VLMTrainingArguments) -> dict[str, str | None]:
@@ -40,27 +53,83 @@ def model_source(args: VLMTrainingArguments) -> dict[str, str | None]:
     }
 
 
-def build_model(args: VLMTrainingArguments) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
+def build_model(
+    args: VLMTrainingArguments,
+) -> tuple[VLMForConditionalGeneration, VLMProcessor] | tuple[QFormerForPretraining, QFormerPretrainingProcessor]:
     """
     The model and processor of `args`' model source, with the projector and fusion settings of `args` (a saved model
-    keeps its own); a new projector (and new cross-attention blocks) is initialised from `args.seed`.
+    keeps its own); a new projector (and new cross-attention blocks) is initialised from `args.seed`, or its Q-Former
+    loaded from the stage-1 directory `args.qformer_init`. Stage `qformer_stage1` builds the stage-1 model instead.
     """
+    if args.stage == QFORMER_STAGE1:
+        return build_stage1_model(args)
     config_kwargs = dict(args.model_config)
     if args.vision_feature_layer is not None:
         config_kwargs["vision_feature_layer"] = args.vision_feature_layer
+    if args.qformer_init is not None:
+        config_kwargs = with_stage1_settings(config_kwargs, args.qformer_init)
     if args.model == "tiny":
-        return build_tiny_vlm(args.projector_type, seed=args.seed, fusion=args.fusion, **config_kwargs)
-    if args.model_name_or_path is not None:
+        model, processor = build_tiny_vlm(args.projector_type, seed=args.seed, fusion=args.fusion, **config_kwargs)
+    elif args.model_name_or_path is not None:
         model = VLMForConditionalGeneration.from_pretrained(args.model_name_or_path, **config_kwargs)
         return model, VLMProcessor.from_pretrained(args.model_name_or_path)
+    else:
+        set_seed(args.seed)
+        model, processor = VLMForConditionalGeneration.from_pretrained_backbones(
+            vision=args.vision_model,
+            text=args.text_model,
+            projector_type=args.projector_type,
+            fusion=args.fusion,
+            **config_kwargs,
+        )
+    if args.qformer_init is not None:
+        load_stage1_qformer(model, args.qformer_init)
+    return model, processor
+
+
+def with_stage1_settings(config_kwargs: dict, qformer_init: str) -> dict:
+    """`config_kwargs` with the Q-Former shape of the stage-1 model in `qformer_init`; a conflicting setting raises."""
+    settings = vlm_qformer_settings(QFormerPretrainingConfig.from_pretrained(qformer_init))
+    for name, value in settings.items():
+        if config_kwargs.get(name, value) != value:
+            raise ValueError(
+                f"{name}={config_kwargs[name]!r} conflicts with the stage-1 Q-Former in {qformer_init} ({name}="
+                f"{value!r}): qformer_init sets the Q-Former's shape, drop {name}."
+            )
+    return {**config_kwargs, **settings}
+
+
+def build_stage1_model(args: VLMTrainingArguments) -> tuple[QFormerForPretraining, QFormerPretrainingProcessor]:
+    """
+    The stage-1 model of `args`: the vision tower of the model source (the tiny VLM's for `model: tiny`, so that
+    stage 2 with the same seed has the same one), a Q-Former of the shape the VLM's `qformer` settings in
+    `args.model_config` give, initialised from `args.bert_model`, and the objectives' weights.
+    """
+    vision_layer = {} if args.vision_feature_layer is None else {"vision_feature_layer": args.vision_feature_layer}
+    if args.model == "tiny":
+        vlm, vlm_processor = build_tiny_vlm("qformer", seed=args.seed, **args.model_config, **vision_layer)
+        vision_tower, image_processor, vlm_config = vlm.vision_tower, vlm_processor.image_processor, vlm.config
+    else:
+        vision_tower, image_processor = load_vision_tower(args.vision_model), load_image_processor(args.vision_model)
+        vlm_config = VLMConfig(
+            vision_config=vision_tower.config, projector_type="qformer", **args.model_config, **vision_layer
+        )
+    if args.model == "tiny" and args.bert_model is None:
+        bert_source = "tiny random BERT"
+        bert, tokenizer = build_tiny_bert(args.seed)
+    else:
+        bert_source = args.bert_model or DEFAULT_BERT
+        bert, tokenizer = AutoModel.from_pretrained(bert_source), AutoTokenizer.from_pretrained(bert_source)
     set_seed(args.seed)
-    return VLMForConditionalGeneration.from_pretrained_backbones(
-        vision=args.vision_model,
-        text=args.text_model,
-        projector_type=args.projector_type,
-        fusion=args.fusion,
-        **config_kwargs,
-    )
+    return build_qformer_pretraining(
+        vision_tower, image_processor, bert, tokenizer, bert_source,
+        vision_feature_layer=vlm_config.vision_feature_layer,
+        num_query_tokens=vlm_config.qformer_num_queries,
+        cross_attention_frequency=vlm_config.qformer_cross_attention_frequency,
+        shape={name: args.model_config[name] for name in SHAPE_SETTINGS if name in args.model_config},
+        itc_weight=args.itc_weight, itm_weight=args.itm_weight, itg_weight=args.itg_weight,
+        image_text_hidden_size=args.image_text_hidden_size,
+    )  # fmt: skip
 
 
 def trained_whole(model: VLMForConditionalGeneration, unfreeze_vision: bool) -> list[str]:
@@ -107,16 +176,24 @@ def configure_trainable_parameters(
     return get_peft_model(model, lora)
 
 
-def prepare_model_for_training(vlm: VLMForConditionalGeneration, args: VLMTrainingArguments) -> nn.Module:
+def prepare_model_for_training(
+    vlm: VLMForConditionalGeneration | QFormerForPretraining, args: VLMTrainingArguments
+) -> nn.Module:
     """
     `vlm` ready for `args.stage`: the trainable parameters set (LoRA adapters added for `lora`, returning a
-    `PeftModel`), gradient checkpointing on when asked.
+    `PeftModel`; everything but the vision tower for the stage-1 model), gradient checkpointing on when asked.
     """
-    lora = None
-    if args.stage == "lora":
-        modules_to_save = trained_whole(vlm, args.unfreeze_vision)
-        lora = lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, modules_to_save)
-    model = configure_trainable_parameters(vlm, args.stage, args.unfreeze_vision, lora)
+    if args.stage == QFORMER_STAGE1:
+        model = vlm.requires_grad_(True)
+        vlm.vision_tower.requires_grad_(False)
+    else:
+        lora = None
+        if args.stage == "lora":
+            modules_to_save = trained_whole(vlm, args.unfreeze_vision)
+            lora = lora_config(
+                args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, modules_to_save
+            )
+        model = configure_trainable_parameters(vlm, args.stage, args.unfreeze_vision, lora)
     if args.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -146,7 +223,7 @@ def build_optimizer(
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        component = next(component for fragment, component in COMPONENTS.items() if fragment in name)
+        component = next((component for fragment, component in COMPONENTS.items() if fragment in name), "projector")
         decay = parameter.ndim >= 2
         lr = component_learning_rates.get(component)
         group = groups.setdefault(

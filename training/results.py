@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from accelerate import Accelerator
 
 from modeling_vlm import VLMForConditionalGeneration
+from qformer_pretraining import QFormerForPretraining, QFormerPretrainingConfig
 
 from .checkpointing import TrainerState
 from .data import RunData
@@ -71,7 +72,7 @@ def feature_cache_status(features: dict[str, VisionFeatures | None]) -> dict[str
 
 def collect_results(
     accelerator: Accelerator,
-    vlm: VLMForConditionalGeneration,
+    vlm: VLMForConditionalGeneration | QFormerForPretraining,
     output_dir: str,
     stage: str,
     data: RunData,
@@ -85,9 +86,7 @@ def collect_results(
     final_metrics = state.history[-1] if state.history else {}
     return TrainingResults(
         output_dir=output_dir,
-        projector_type=vlm.config.projector_type,
         stage=stage,
-        num_image_tokens=vlm.config.num_image_tokens,
         trainable_parameters=parameter_counts[0],
         total_parameters=parameter_counts[1],
         num_train_images=len(data.train_examples),
@@ -107,19 +106,40 @@ def collect_results(
         num_processes=accelerator.num_processes,
         mixed_precision=str(accelerator.mixed_precision),
         sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
-        fusion=vlm.config.fusion,
-        num_visual_tokens=vlm.config.num_visual_tokens,
-        cross_attention_layers=vlm.config.cross_attention_layer_indices,
+        **bridge_fields(vlm),
     )
 
 
-def bridge_description(projector_type: str, fusion: str, cross_attention_layers: list[int] | None) -> str:
-    """How the image reaches the language model: `mlp projector`, or `perceiver projector + gated cross-attention
-    before decoder layers 3, 7, ...`."""
-    if fusion != "cross_attention":
-        return f"{projector_type} projector"
-    layers = ", ".join(map(str, cross_attention_layers or []))
-    return f"{projector_type} projector + gated cross-attention before decoder layers {layers}"
+def bridge_fields(model: VLMForConditionalGeneration | QFormerForPretraining) -> dict:
+    """
+    The [`TrainingResults`] fields that say how the image reaches the language model. A stage-1 Q-Former reaches none
+    yet: fusion `"none"`, its queries as the tokens.
+    """
+    config = model.config
+    if isinstance(config, QFormerPretrainingConfig):
+        queries = config.num_query_tokens
+        return {"projector_type": "qformer", "num_image_tokens": queries, "fusion": "none",
+                "num_visual_tokens": queries, "cross_attention_layers": None}  # fmt: skip
+    return {
+        "projector_type": config.projector_type,
+        "num_image_tokens": config.num_image_tokens,
+        "fusion": config.fusion,
+        "num_visual_tokens": config.num_visual_tokens,
+        "cross_attention_layers": config.cross_attention_layer_indices,
+    }
+
+
+def bridge_description(model: VLMForConditionalGeneration | QFormerForPretraining) -> str:
+    """How the image reaches the language model: `mlp projector`, `perceiver projector + gated cross-attention before
+    decoder layers 3, 7, ...`, or for stage 1 `qformer stage 1 (itc + itm + itg)`."""
+    fields = bridge_fields(model)
+    if fields["fusion"] == "none":
+        objectives = [name for name, weight in model.config.objective_weights.items() if weight]
+        return f"qformer stage 1 ({' + '.join(objectives)})"
+    if fields["fusion"] != "cross_attention":
+        return f"{fields['projector_type']} projector"
+    layers = ", ".join(map(str, fields["cross_attention_layers"] or []))
+    return f"{fields['projector_type']} projector + gated cross-attention before decoder layers {layers}"
 
 
 def run_summary(

@@ -12,7 +12,7 @@ import platform
 import resource
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -29,6 +29,7 @@ class WindowTotals:
     skipped_images: int
     data_wait_s: float
     time_s: float
+    objective_sums: dict[str, float] = field(default_factory=dict)  # per objective of a multi-objective loss
 
     @property
     def mean_loss(self) -> float:
@@ -37,25 +38,35 @@ class WindowTotals:
 
 class StepWindow:
     """
-    What happened since the last log: loss sum, micro-batches, samples, tokens and skipped images, kept on the device
-    so that no training step waits for them, and the seconds this process spent waiting for data and in total.
+    What happened since the last log: loss sum, micro-batches, samples, tokens and skipped images, and the sum of
+    each objective of a multi-objective loss (`objectives`, e.g. Q-Former stage 1's `("itc", "itm", "itg")`), kept on
+    the device so that no training step waits for them, and the seconds this process spent waiting for data and in
+    total.
     """
 
     COUNTERS = ("loss_sum", "micro_batches", "samples", "tokens", "skipped_images")
 
-    def __init__(self, device: torch.device):
-        self.counters = torch.zeros(len(self.COUNTERS), dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device, objectives: tuple[str, ...] = ()):
+        self.objectives = objectives
+        self.counters = torch.zeros(len(self.COUNTERS) + len(objectives), dtype=torch.float64, device=device)
         self.data_wait_s = self.time_s = 0.0
 
     def _add(self, name: str, value: torch.Tensor | float) -> None:
         self.counters[self.COUNTERS.index(name)] += value
 
-    def add_batch(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
-        """Counts a trained micro-batch: its loss `()`, samples and the unpadded tokens of its `attention_mask`."""
+    def add_batch(
+        self, loss: torch.Tensor, batch: dict[str, torch.Tensor], objectives: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """
+        Counts a trained micro-batch: its loss `()`, samples, the unpadded tokens of its `attention_mask`, and the
+        losses `()` of the window's objectives.
+        """
         self._add("loss_sum", loss.detach())
         self._add("micro_batches", 1)
         self._add("samples", batch["input_ids"].shape[0])
         self._add("tokens", batch["attention_mask"].sum())
+        for index, name in enumerate(self.objectives):
+            self.counters[len(self.COUNTERS) + index] += objectives[name].detach()
 
     def add_skipped_images(self, count: int) -> None:
         self._add("skipped_images", count)
@@ -83,7 +94,8 @@ class StepWindow:
 
     def flush(self, accelerator: Accelerator) -> WindowTotals:
         """The totals over every process (a collective: call it on every process), after which the window is empty."""
-        counts = dict(zip(self.COUNTERS, accelerator.reduce(self.counters.clone()).tolist()))
+        reduced = accelerator.reduce(self.counters.clone()).tolist()
+        counts = dict(zip(self.COUNTERS, reduced))
         totals = WindowTotals(
             loss_sum=counts["loss_sum"],
             micro_batches=int(counts["micro_batches"]),
@@ -92,6 +104,7 @@ class StepWindow:
             skipped_images=int(counts["skipped_images"]),
             data_wait_s=self.data_wait_s,
             time_s=self.time_s,
+            objective_sums=dict(zip(self.objectives, reduced[len(self.COUNTERS) :])),
         )
         self.counters.zero_()
         self.data_wait_s = self.time_s = 0.0
@@ -119,6 +132,8 @@ def training_logs(
         "perf/data_wait_fraction": totals.data_wait_s / elapsed,
         "perf/peak_memory_mb": peak_memory_mb(device),
     }
+    for name, total in totals.objective_sums.items():
+        logs[f"train/loss_{name}"] = total / totals.micro_batches
     for group in optimizer.param_groups:
         logs[f"train/lr_{group['name']}"] = group["lr"]
     if grad_norm is not None:
