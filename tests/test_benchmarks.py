@@ -3,7 +3,9 @@
 import math
 
 import pytest
+import torch
 
+from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
 from training import ALL_RUNS
@@ -111,3 +113,14 @@ def test_the_stage1_step_benchmark_times_every_objective_alone_and_together():
     assert [row["objectives"] for row in rows] == list(VARIANTS)
     assert all(row["step_s"] > 0 and math.isfinite(row["samples_per_s"]) for row in rows)
     assert len({row["trainable_parameters"] for row in rows}) == 1  # the same model, only the loss differs
+
+
+def test_our_mlp_model_equals_transformers_llava_holding_the_same_weights():
+    ours, llava, processor = build_pair(small=True)
+    batch, prompts = labelled_batch(processor, 3), prompt_batch(processor, 2)
+    greedy = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).loss, llava(**batch).loss, atol=1e-5, rtol=0)
+        inputs = {name: value for name, value in batch.items() if name != "labels"}
+        torch.testing.assert_close(ours(**inputs).logits, llava(**inputs).logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ours.generate(**prompts, **greedy), llava.generate(**prompts, **greedy))

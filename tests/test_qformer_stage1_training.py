@@ -151,10 +151,10 @@ def test_the_comparison_runs_stage1_then_the_qformer_from_it(tmp_path):
 
 GATHER_CHECK = """
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator
 from qformer_pretraining.objectives import gather_with_local_grad
 
-rank = PartialState().process_index
+rank = Accelerator(cpu=True).process_index  # as in a run, the accelerator sets up the processes first
 local = torch.full((3 - rank, 2), float(rank + 1), requires_grad=True)  # 3 rows on process 0, 2 on process 1
 gathered, real, start = gather_with_local_grad(local)
 assert gathered.shape == (6, 2) and start == 3 * rank, (gathered.shape, start)
