@@ -87,6 +87,11 @@ class QFormerPretrainingConfig(PretrainedConfig):
         return {name: getattr(self, f"{name}_weight") for name in OBJECTIVES}
 
     @property
+    def active_objectives(self) -> tuple[str, ...]:
+        """The objectives switched on (weight above 0), in the order of [`OBJECTIVES`]."""
+        return tuple(name for name, weight in self.objective_weights.items() if weight)
+
+    @property
     def num_patches(self) -> int:
         """Patch tokens the vision tower returns per image."""
         return (self.vision_config.image_size // self.vision_config.patch_size) ** 2

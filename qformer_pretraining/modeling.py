@@ -202,12 +202,10 @@ class QFormerForPretraining(QFormerPreTrainedModel):
             losses["itm"] = self.matching_loss(vision_features, input_ids, attention_mask, similarity.detach())
         if weights["itg"]:
             losses["itg"] = self.generation_loss(vision_features, input_ids, attention_mask)
-        loss = sum(weights[name] * value for name, value in losses.items() if weights[name])
+        active = {name: losses[name] for name in self.config.active_objectives}
         return QFormerPretrainingOutput(
-            loss=loss,
-            loss_itc=losses["itc"] if weights["itc"] else None,
-            loss_itm=losses.get("itm"),
-            loss_itg=losses.get("itg"),
+            loss=sum(weights[name] * value for name, value in active.items()),
+            **{f"loss_{name}": value for name, value in active.items()},
             similarity=similarity,
         )
 

@@ -188,9 +188,8 @@ class VLMTrainingArguments:
         self._check_model_source()
         if self.fusion not in FUSION_TYPES:
             raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
-        if self.stage == QFORMER_STAGE1:
-            self.projector_type = self.projector_type or "qformer"
-        self.projector_type = self.projector_type or ("perceiver" if self.fusion == "cross_attention" else "mlp")
+        default_projector = "perceiver" if self.fusion == "cross_attention" else "mlp"
+        self.projector_type = self.projector_type or ("qformer" if self.stage == QFORMER_STAGE1 else default_projector)
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES}.")
         if self.stage not in STAGES:

@@ -55,13 +55,7 @@ def validation_loss(accelerator: Accelerator, model: nn.Module, loader: DataLoad
     totals = torch.zeros(2, device=accelerator.device)
     with torch.no_grad():
         for batch in loader:
-            if batch.pop("num_skipped_images"):
-                # The rows were checked before training; a batch that lost rows would no longer line up with the
-                # other processes' batches in `real_examples`.
-                raise RuntimeError(
-                    "An evaluation image that opened when the run started no longer opens: the dataset changed on disk "
-                    "during training. Restore it, or restart the run so that the unreadable image is left out."
-                )
+            check_still_readable(batch.pop("num_skipped_images"))
             labels = batch["labels"]
             labels[~real_examples(accelerator, labels.shape[0])] = IGNORE_INDEX
             # num_items_in_batch=1 turns the mean into a sum over the labelled tokens.
@@ -69,6 +63,18 @@ def validation_loss(accelerator: Accelerator, model: nn.Module, loader: DataLoad
             totals[1] += (labels[:, 1:] != IGNORE_INDEX).sum()
     totals = accelerator.reduce(totals, reduction="sum")
     return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def check_still_readable(num_skipped_images: int) -> None:
+    """
+    Raises when an evaluation batch lost images: its rows were checked when the run started, and a batch that lost
+    rows would no longer line up with the other processes' batches (see [`real_examples`]).
+    """
+    if num_skipped_images:
+        raise RuntimeError(
+            "An evaluation image that opened when the run started no longer opens: the dataset changed on disk "
+            "during training. Restore it, or restart the run so that the unreadable image is left out."
+        )
 
 
 def real_examples(accelerator: Accelerator, batch_size: int) -> torch.BoolTensor:

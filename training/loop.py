@@ -218,7 +218,7 @@ def run_epochs(
         desc=f"train {bridge_fields(unwrapped)['projector_type']}",
         disable=not accelerator.is_local_main_process,
     )
-    objectives = tuple(name for name, weight in getattr(unwrapped.config, "objective_weights", {}).items() if weight)
+    objectives = getattr(unwrapped.config, "active_objectives", ())  # several losses to log: Q-Former stage 1
     report = ProgressReport(accelerator, optimizer, StepWindow(accelerator.device, objectives), bar)
     window = report.window
     captions: dict[str, str] = {}

@@ -134,8 +134,7 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
     decoder layers 3, 7, ...`, or for stage 1 `qformer stage 1 (itc + itm + itg)`."""
     fields = bridge_fields(model)
     if fields["fusion"] == "none":
-        objectives = [name for name, weight in model.config.objective_weights.items() if weight]
-        return f"qformer stage 1 ({' + '.join(objectives)})"
+        return f"qformer stage 1 ({' + '.join(model.config.active_objectives)})"
     if fields["fusion"] != "cross_attention":
         return f"{fields['projector_type']} projector"
     layers = ", ".join(map(str, fields["cross_attention_layers"] or []))

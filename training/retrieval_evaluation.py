@@ -11,6 +11,7 @@ from torch import nn
 from qformer_pretraining.objectives import query_text_similarity
 from qformer_pretraining.retrieval import recall_at_k, rerank_with_matching
 
+from .evaluation import check_still_readable
 from .pair_data import RetrievalEvalSet
 
 
@@ -60,11 +61,7 @@ def validation_losses(
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for batch in eval_set.pair_loader:
-            if batch.pop("num_skipped_images"):
-                raise RuntimeError(
-                    "An evaluation image that opened when the run started no longer opens: the dataset changed on disk "
-                    "during training. Restore it, or restart the run so that the unreadable image is left out."
-                )
+            check_still_readable(batch.pop("num_skipped_images"))
             outputs = model(**batch)
             size = len(batch["input_ids"])
             for index, name in enumerate(LOSS_NAMES):
@@ -76,8 +73,8 @@ def validation_losses(
                 features = unwrapped.get_vision_features(batch["pixel_values"])
             image_embeds.append(accelerator.gather_for_metrics(unwrapped.image_embeddings(features)))
     totals = accelerator.reduce(totals, reduction="sum")
-    switched_on = {"loss": True, **{f"loss_{n}": bool(w) for n, w in unwrapped.config.objective_weights.items()}}
-    metrics = {name: (totals[i] / totals[-1]).item() for i, name in enumerate(LOSS_NAMES) if switched_on[name]}
+    reported = {"loss", *(f"loss_{name}" for name in unwrapped.config.active_objectives)}
+    metrics = {name: (totals[i] / totals[-1]).item() for i, name in enumerate(LOSS_NAMES) if name in reported}
     return metrics, torch.cat(image_embeds)
 
 
