@@ -120,6 +120,10 @@ class VLMConfig(PretrainedConfig):
         cross_attention_layers (`list[int]`, *optional*):
             With `fusion="cross_attention"`, the 0-based decoder layers that get a block before them, instead of
             `cross_attention_every` (transformers' Mllama calls its list the same).
+        loss_chunk_size (`int`, *optional*):
+            Training loss only: the LM head and cross-entropy run over this many labelled positions at a time
+            (`torch.nn.functional.linear_cross_entropy`, torch >= 2.13), so the `(labelled positions, vocab_size)`
+            logits and their gradient are never all in memory at once. `None` computes them in one piece.
     """
 
     model_type = "vlm"
@@ -148,6 +152,7 @@ class VLMConfig(PretrainedConfig):
         fusion: str = "early",
         cross_attention_every: int = 4,
         cross_attention_layers: list[int] | None = None,
+        loss_chunk_size: int | None = None,
         **kwargs,
     ):
         self.vision_config = build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
@@ -171,6 +176,7 @@ class VLMConfig(PretrainedConfig):
         self.fusion = fusion
         self.cross_attention_every = cross_attention_every
         self.cross_attention_layers = list(cross_attention_layers) if cross_attention_layers is not None else None
+        self.loss_chunk_size = loss_chunk_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_projector()
@@ -201,7 +207,7 @@ class VLMConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer.")
-        for name in ("qformer_hidden_size", "qformer_intermediate_size"):
+        for name in ("qformer_hidden_size", "qformer_intermediate_size", "loss_chunk_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer (or None).")

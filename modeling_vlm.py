@@ -481,6 +481,37 @@ class VLMPreTrainedModel(PreTrainedModel):
         return loaded
 
 
+def chunked_cross_entropy(
+    hidden_states: torch.FloatTensor, output_embeddings: nn.Linear, labels: torch.LongTensor, chunk_size: int
+) -> torch.FloatTensor:
+    """
+    Summed cross-entropy of `output_embeddings(hidden_states)` against `labels` `(num_positions,)`, `chunk_size` rows
+    at a time. With gradients, torch's `F.linear_cross_entropy` computes each chunk's logits `(chunk_size, vocab_size)`
+    and their gradient in the forward and keeps only the gradient of `hidden_states` `(num_positions, dim)` (and of
+    the weight when it trains); under autocast it runs in the autocast dtype, as the LM head does, and returns the loss
+    in that dtype (its gradients accumulate in fp32).
+    """
+    if not hasattr(F, "linear_cross_entropy"):
+        raise RuntimeError(
+            f"config.loss_chunk_size={chunk_size} needs torch.nn.functional.linear_cross_entropy (torch >= 2.13, "
+            f"this is {torch.__version__}): upgrade torch, or set config.loss_chunk_size = None."
+        )
+    weight, bias = output_embeddings.weight, output_embeddings.bias
+    if not torch.is_grad_enabled() or not (hidden_states.requires_grad or weight.requires_grad):
+        # Nothing to differentiate (evaluation): a plain loop has no gradient to keep, and its logits are fp32.
+        pieces = zip(hidden_states.split(chunk_size), labels.split(chunk_size))
+        losses = (F.cross_entropy(output_embeddings(h).float(), y, reduction="sum") for h, y in pieces)
+        return sum(losses, hidden_states.new_zeros((), dtype=torch.float32))
+    device_type = hidden_states.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Autocast does not cast this op: do what it does for the unchunked path's LM head.
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None)
+    return F.linear_cross_entropy(hidden_states, weight, labels, linear_bias=bias, reduction="sum", options=options)
+
+
 class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     """
     Vision tower + projector + causal language model. With `config.fusion="early"`, projected image embeddings replace
@@ -828,12 +859,17 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     ) -> torch.FloatTensor:
         """
         Next-token cross-entropy from `hidden_states` `(batch, seq, dim)`; the LM head runs only on the positions whose
-        next token is labelled, so the `(batch, seq, vocab)` logits are never materialised.
+        next token is labelled, so the `(batch, seq, vocab)` logits are never materialised (with
+        `config.loss_chunk_size`, not even those of all labelled positions at once).
         """
         next_token_labels = labels[:, 1:].to(hidden_states.device)
         labelled = next_token_labels != -100
-        logits = self.get_output_embeddings()(hidden_states[:, :-1][labelled]).float()
-        loss = F.cross_entropy(logits, next_token_labels[labelled], reduction="sum")
+        hidden_states, targets = hidden_states[:, :-1][labelled], next_token_labels[labelled]
+        if self.config.loss_chunk_size is None:
+            logits = self.get_output_embeddings()(hidden_states).float()
+            loss = F.cross_entropy(logits, targets, reduction="sum")
+        else:
+            loss = chunked_cross_entropy(hidden_states, self.get_output_embeddings(), targets, self.config.loss_chunk_size)
         if num_items_in_batch is None:
             num_items_in_batch = labelled.sum()
         return loss / num_items_in_batch

@@ -3,6 +3,7 @@
 
 import contextlib
 import gc
+import json
 import os
 import platform
 import resource
@@ -130,3 +131,11 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def publish_report(tables: str, report: dict[str, Any], output: str | None) -> None:
+    """Prints a benchmark's `tables` and writes its `report` as JSON to `output` when given."""
+    print(tables)
+    if output:
+        with open(output, "w", encoding="utf-8") as file:
+            json.dump(report, file, indent=2)

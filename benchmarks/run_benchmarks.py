@@ -28,13 +28,12 @@ CPU everything runs in fp32.
 """
 
 import argparse
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from benchmarks.measure import environment, release_memory
+from benchmarks.measure import environment, publish_report, release_memory
 from benchmarks.sections import (
     benchmark_checkpoints,
     benchmark_generation,
@@ -147,10 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", help="JSON file for the report")
     args = parser.parse_args(argv)
     report = run_benchmarks(args.small, args.projectors, args.batch_sizes)
-    print(format_report(report))
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=2)
+    publish_report(format_report(report), report, args.output)
     return report
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from benchmarks import levers
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
@@ -124,3 +125,20 @@ def test_our_mlp_model_equals_transformers_llava_holding_the_same_weights():
         inputs = {name: value for name, value in batch.items() if name != "labels"}
         torch.testing.assert_close(ours(**inputs).logits, llava(**inputs).logits, atol=1e-5, rtol=1e-5)
         assert torch.equal(ours.generate(**prompts, **greedy), llava.generate(**prompts, **greedy))
+
+
+def test_the_levers_benchmark_compares_each_lever_with_its_baseline():
+    report = levers.run_levers(small=True, batch_sizes=[4], chunk_size=8)
+    chunked, one_piece = report["chunked_loss"]
+    assert (chunked["loss_chunk_size"], one_piece["loss_chunk_size"]) == (8, None)
+    assert chunked["labelled_positions"] > 8, "several chunks"
+    assert chunked["loss"] == pytest.approx(one_piece["loss"], rel=1e-6)
+    grouping = report["group_by_length"]
+    assert [(r["projector"], r["group_by_length"]) for r in grouping] == [
+        ("mlp", False), ("mlp", True), ("qformer", False), ("qformer", True)
+    ]
+    assert all(0 < r["padding_share"] < 1 and r["train_s"] > 0 for r in grouping)
+    assert [r["num_workers"] for r in report["workers"]] == [0, 2]
+    assert all(r["same_captions_as_batch_1"] for r in report["batched_generation"])
+    tables = _tables(levers.format_report(report))
+    assert len(tables["Length-grouped batches (one epoch, tiny models)"][1]) == 4

@@ -44,6 +44,7 @@ def test_round_trip_through_json(tmp_path):
         ({"projector_type": "qformer", "qformer_num_heads": 5}, r"qformer_num_heads=5 is invalid; it must divide the Q-Former width \(768\)"),
         ({"projector_type": "qformer", "qformer_hidden_size": 512, "qformer_num_heads": 12}, r"qformer_num_heads=12 is invalid; it must divide the Q-Former width \(512\)"),
         ({"qformer_hidden_size": 0}, r"qformer_hidden_size=0 is invalid; it must be a positive integer \(or None\)"),
+        ({"loss_chunk_size": 0}, r"loss_chunk_size=0 is invalid; it must be a positive integer \(or None\)"),
         ({"vision_feature_layer": 12}, r"vision_feature_layer=12 is invalid; it must be an integer in \[-13, 11\]"),
         ({"projector_dropout": 1.0}, r"projector_dropout=1.0 is invalid; it must be in \[0, 1\)"),
         ({"vision_config": {"hidden_size": 8}}, r"`vision_config` must be a PretrainedConfig or a dict with a 'model_type' key"),

@@ -22,8 +22,9 @@ LIBRARIES = tuple(
 )
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
-    "arguments", "integrity", "feature_cache", "data", "pair_data", "model_setup", "checkpointing", "output_dir",
-    "saved_models", "telemetry", "evaluation", "retrieval_evaluation", "results", "model_card", "loop", "comparison",
+    "arguments", "integrity", "feature_cache", "length_grouping", "data", "pair_data", "model_setup", "checkpointing",
+    "output_dir", "saved_models", "telemetry", "evaluation", "retrieval_evaluation", "results", "model_card", "loop",
+    "comparison",
 )  # fmt: skip
 
 

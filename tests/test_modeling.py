@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from torch import nn
 
 from captioning import caption_messages
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
-from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration
+from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
 from processing_vlm import IS_TRANSFORMERS_4
 from tiny_vlm import build_tiny_vlm
 
@@ -56,6 +57,54 @@ def test_loss_on_labelled_positions_equals_full_logits_loss(projector_type, imag
     )
     assert torch.isfinite(outputs.loss)
     torch.testing.assert_close(outputs.loss, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("projector_type", ["mlp", "perceiver"])
+def test_chunked_loss_equals_the_loss_in_one_piece_with_its_gradients(projector_type, images):
+    model, processor = build_tiny_vlm(projector_type)
+    batch = caption_batch(processor, images[:3], answers=["a red box.", "a tall blue picture of the sky.", "green."])
+    num_labelled = int((batch["labels"][:, 1:] != -100).sum())
+    trained = [model.multi_modal_projector, model.get_output_embeddings()]  # the head is tied to the input embeddings
+
+    def loss_and_grads(chunk_size):
+        model.config.loss_chunk_size = chunk_size
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for module in trained for p in module.parameters()]
+
+    reference_loss, reference_grads = loss_and_grads(None)
+    loss, grads = loss_and_grads(4)  # several chunks, the last one short
+    assert num_labelled > 8 and num_labelled % 4
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-6)
+    for actual, expected in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).loss, reference_loss, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_cross_entropy_under_autocast():
+    torch.manual_seed(0)
+    head, hidden, labels = nn.Linear(256, 1000, bias=False), torch.randn(40, 256), torch.randint(0, 1000, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        one_piece = F.cross_entropy(head(hidden).float(), labels, reduction="sum")
+        training = chunked_cross_entropy(hidden.requires_grad_(), head, labels, chunk_size=16)
+        with torch.no_grad():
+            evaluation = chunked_cross_entropy(hidden, head, labels, chunk_size=16)
+    # Training runs the head in bf16 as the one-piece path does, and returns the sum in bf16.
+    assert training.dtype == torch.bfloat16
+    torch.testing.assert_close(training.float(), one_piece.detach(), rtol=2**-8, atol=0)
+    # Evaluation keeps the loss in fp32: the same number as the one-piece path.
+    assert evaluation.dtype == torch.float32
+    torch.testing.assert_close(evaluation, one_piece.detach(), rtol=1e-6, atol=1e-4)
+
+
+def test_chunked_loss_without_torch_support_names_the_fix(images, monkeypatch):
+    model, processor = build_tiny_vlm("mlp", loss_chunk_size=8)
+    batch = caption_batch(processor, images[:1], answers=["red."])
+    monkeypatch.delattr(F, "linear_cross_entropy")
+    with pytest.raises(RuntimeError, match=r"loss_chunk_size=8 needs torch.nn.functional.linear_cross_entropy"):
+        model(**batch)
 
 
 def test_logits_to_keep_keeps_last_positions(images):

@@ -327,3 +327,26 @@ def test_captioning_the_evaluation_set_leaves_the_global_generator_alone():
     before = torch.random.get_rng_state()
     assert [len(batch["image"]) for batch in eval_set.caption_loader] == [2, 1]
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_run_with_a_chunked_loss_trains_as_one_with_the_loss_in_one_piece(tmp_path):
+    common = dict(max_train_samples=16, num_train_epochs=2, eval_strategy="epoch", predict_with_generate=False)
+    reference = train(tiny_args(tmp_path / "one_piece", **common))
+    chunked = train(tiny_args(tmp_path / "chunked", loss_chunk_size=7, **common))
+    for expected, actual in zip(reference.history, chunked.history, strict=True):
+        assert actual["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert_same_weights(saved_weights(tmp_path / "chunked" / "run"), saved_weights(tmp_path / "one_piece" / "run"))
+    saved_config = json.loads((tmp_path / "chunked" / "run" / "config.json").read_text())
+    assert saved_config["loss_chunk_size"] == 7
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"loss_chunk_size": 0}, r"loss_chunk_size=0 is invalid; it must be a positive integer \(or unset\)"),
+        ({"loss_chunk_size": 64, "stage": "qformer_stage1"}, "stage qformer_stage1 has no language model: unset it"),
+    ],
+)
+def test_invalid_loss_chunk_size_is_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_args(tmp_path, **overrides)

@@ -21,12 +21,13 @@ QFORMER_STAGE1 = "qformer_stage1"
 STAGES = (*FREEZE_STAGES, QFORMER_STAGE1)
 DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_MAX_CAPTION_TOKENS = 64
+# `VLMConfig` settings that are training arguments of their own.
+CONFIG_FIELDS_WITH_ARGUMENTS = ("projector_type", "fusion", "vision_feature_layer", "loss_chunk_size")
 # The `VLMConfig` settings a run may choose in `model_config`: the projector's; the towers come from the model source.
 MODEL_CONFIG_KEYS = tuple(
     name
     for name in inspect.signature(VLMConfig.__init__).parameters
-    if name
-    not in ("self", "kwargs", "vision_config", "text_config", "projector_type", "fusion", "vision_feature_layer")
+    if name not in ("self", "kwargs", "vision_config", "text_config", *CONFIG_FIELDS_WITH_ARGUMENTS)
     and not name.startswith("image_token")
 )
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -138,6 +139,13 @@ class VLMTrainingArguments:
         default=None, metadata={"help": "no, fp16 or bf16; defaults to the `accelerate launch` configuration."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Run the LM head and cross-entropy over this many labelled positions at a time: the logits over "
+            "the vocabulary are never all in memory (torch >= 2.13; the model's config.loss_chunk_size)."
+        },
+    )
     use_cpu: bool = field(
         default=False,
         metadata={
@@ -146,6 +154,10 @@ class VLMTrainingArguments:
     )
     seed: int = field(default=0, metadata={"help": "Seed of the projector's initialisation and the data order."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes that load the data."})
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Batch captions of similar length together (less padding; transformers' length grouping)."},
+    )
 
     # Vision feature cache (frozen vision tower only).
     cache_vision_features: bool = field(
@@ -203,6 +215,7 @@ class VLMTrainingArguments:
                 "overwrite_output_dir starts afresh and resume_from_checkpoint continues a run: pass one of them."
             )
         self.model_config = self._checked_model_config()
+        self._check_loss_chunk_size()
         self._check_qformer_stages()
         stage1 = self.stage == QFORMER_STAGE1
         self.metric_for_best_model = self.metric_for_best_model or ("recall_mean" if stage1 else "CIDEr")
@@ -224,6 +237,16 @@ class VLMTrainingArguments:
         # Stage 1 has no language model: `vision_model` alone is a source there.
         if sources[1] and not (self.vision_model and (self.text_model or self.stage == QFORMER_STAGE1)):
             raise ValueError("`vision_model` and `text_model` go together: pass both.")
+
+    def _check_loss_chunk_size(self) -> None:
+        size = self.loss_chunk_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"loss_chunk_size={size!r} is invalid; it must be a positive integer (or unset).")
+        if size is not None and self.stage == QFORMER_STAGE1:
+            raise ValueError(
+                "loss_chunk_size chunks the language model's loss, and stage qformer_stage1 has no language model: "
+                "unset it."
+            )
 
     def _check_qformer_stages(self) -> None:
         """Stage 1 trains a new Q-Former on a frozen tower; `qformer_init` hands one to a new `qformer` projector."""
@@ -260,7 +283,7 @@ class VLMTrainingArguments:
         if unknown:
             raise ValueError(
                 f"model_config has unknown keys {unknown}; the projector settings are {', '.join(MODEL_CONFIG_KEYS)} "
-                "(projector_type, fusion and vision_feature_layer have their own fields)."
+                f"({', '.join(CONFIG_FIELDS_WITH_ARGUMENTS)} are arguments of their own)."
             )
         if config and self.model_name_or_path is not None:
             raise ValueError(

@@ -16,7 +16,7 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import ProcessorMixin
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from caption_data import load_captions, open_image, readable_rows
 from captioning import CAPTION_PROMPT, caption_messages, caption_prompt
@@ -25,6 +25,11 @@ from processing_vlm import VLMProcessor
 
 from .arguments import DEFAULT_MAX_CAPTION_TOKENS, VLMTrainingArguments
 from .feature_cache import VisionFeatures, load_or_compute_vision_features
+from .length_grouping import EpochLengthGroupedSampler
+
+
+DATA_SEED_SPREAD = 1_000_003
+"""`args.seed` times this seeds the training data order (see `loop.make_accelerator` and `length_grouped_sampler`)."""
 
 
 class CaptionExamples(torch.utils.data.Dataset):
@@ -67,10 +72,14 @@ class CaptionExamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def reference_index(self, row: int, epoch: int) -> int:
+        """Which of `row`'s references the examples give in `epoch` (with `redraw_each_epoch`; epoch 0 otherwise)."""
+        return random.Random(f"{self.seed}/{epoch}/{row}").randrange(len(self.captions[row]))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
         references = self.captions[row]
-        caption = references[random.Random(f"{self.seed}/{self.epoch}/{row}").randrange(len(references))]
+        caption = references[self.reference_index(row, self.epoch)]
         example = {"image_id": self.image_ids[row], "caption": caption}
         if self.vision_features is None:
             example["image"] = open_image(self.images[row]["image"])
@@ -198,7 +207,11 @@ def prepare_data(
     collator = CaptionCollator(processor, args.prompt, args.max_caption_tokens)
     train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
     batch_size, num_workers = args.per_device_train_batch_size, args.dataloader_num_workers
-    train_loader = training_loader(train_examples, collator, batch_size, num_workers)
+    sampler = None
+    if args.group_by_length:
+        tokenizer, max_tokens = processor.tokenizer, args.max_caption_tokens
+        sampler = length_grouped_sampler(train_examples, tokenizer, max_tokens, batch_size, args.seed)
+    train_loader = training_loader(train_examples, collator, batch_size, num_workers, sampler)
     eval_set = build_eval_set(
         accelerator,
         eval_data,
@@ -234,22 +247,49 @@ def load_splits_and_features(
 
 
 def training_loader(
-    examples: CaptionExamples, collator: Callable[[list[dict]], dict], batch_size: int, num_workers: int
+    examples: CaptionExamples,
+    collator: Callable[[list[dict]], dict],
+    batch_size: int,
+    num_workers: int,
+    sampler: EpochLengthGroupedSampler | None = None,
 ) -> DataLoader:
     """
     The training loader of `examples`, shuffled once prepared by accelerate's seedable sampler (see
-    `make_accelerator`): the order depends on the seed and the epoch only, the same on every process and after a resume.
+    `make_accelerator`), or in the order of `sampler`: the order depends on the seed and the epoch only, the same on
+    every process and after a resume.
     """
     return DataLoader(
         examples,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=collator,
         num_workers=num_workers,
         # Its own generator: starting an epoch draws a seed, which must not come from the global generator, whose
         # state a checkpoint restores where the training steps (dropout, sampling) left it.
         generator=torch.Generator(),
     )
+
+
+def length_grouped_sampler(
+    examples: CaptionExamples, tokenizer: PreTrainedTokenizerBase, max_caption_tokens: int, batch_size: int, seed: int
+) -> EpochLengthGroupedSampler:
+    """
+    The `group_by_length` order of `examples`: by the token length (up to `max_caption_tokens`) of the reference each
+    example gives in the epoch; every reference is tokenized once, here.
+    """
+    references = [examples.captions[row] for row in examples.rows]
+    token_ids = tokenizer([caption for captions in references for caption in captions], add_special_tokens=False)
+    flat_lengths = [min(len(ids), max_caption_tokens) for ids in token_ids.input_ids]
+    lengths, start = [], 0
+    for captions in references:
+        lengths.append(flat_lengths[start : start + len(captions)])
+        start += len(captions)
+
+    def lengths_of_epoch(epoch: int) -> list[int]:
+        return [lengths[index][examples.reference_index(row, epoch)] for index, row in enumerate(examples.rows)]
+
+    return EpochLengthGroupedSampler(len(examples), lengths_of_epoch, batch_size, seed * DATA_SEED_SPREAD)
 
 
 def check_sequences_fit(

@@ -24,7 +24,7 @@ from processing_vlm import VLMProcessor
 
 from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .checkpointing import Checkpointer, TrainerState
-from .data import EvalSet, RunData, prepare_data
+from .data import DATA_SEED_SPREAD, EvalSet, RunData, prepare_data
 from .evaluation import evaluate
 from .integrity import FrozenWeights
 from .model_card import push_output_dir, write_model_card, write_stage1_model_card
@@ -49,10 +49,6 @@ from .results import (
 from .retrieval_evaluation import evaluate_retrieval
 from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, training_logs
-
-
-DATA_SEED_SPREAD = 1_000_003
-"""`args.seed` times this seeds the training data order (see `make_accelerator`)."""
 
 
 def training_step(

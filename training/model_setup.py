@@ -193,6 +193,7 @@ def prepare_model_for_training(
             lora = lora_config(
                 args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules, modules_to_save
             )
+        vlm.config.loss_chunk_size = args.loss_chunk_size
         model = configure_trainable_parameters(vlm, args.stage, args.unfreeze_vision, lora)
     if args.gradient_checkpointing:
         vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,7 +17,7 @@ from caption_data import readable_rows
 from qformer_pretraining import QFormerForPretraining, QFormerPretrainingProcessor
 
 from .arguments import VLMTrainingArguments
-from .data import CaptionExamples, RunData, load_splits_and_features, training_loader
+from .data import CaptionExamples, RunData, length_grouped_sampler, load_splits_and_features, training_loader
 from .feature_cache import VisionFeatures
 
 
@@ -117,7 +117,11 @@ def prepare_pair_data(
     collator = PairCollator(processor, args.max_caption_tokens)
     train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
     batch_size, num_workers = args.per_device_train_batch_size, args.dataloader_num_workers
-    train_loader = training_loader(train_examples, collator, batch_size, num_workers)
+    sampler = None
+    if args.group_by_length:
+        tokenizer, max_tokens = processor.tokenizer, args.max_caption_tokens
+        sampler = length_grouped_sampler(train_examples, tokenizer, max_tokens, batch_size, args.seed)
+    train_loader = training_loader(train_examples, collator, batch_size, num_workers, sampler)
     eval_set = build_retrieval_eval_set(
         accelerator, eval_data, features["eval"], collator, args.seed, args.per_device_eval_batch_size
     )
