@@ -10,6 +10,7 @@ The training and evaluation levers, each against its baseline in one process:
    length-grouped batches: the share of padding in the language model's tokens, and the training seconds.
 3. `workers`: one epoch of `train()` reading the images (no feature cache) with 0 and 2 DataLoader workers.
 4. `batched_generation`: `captioning.generate_captions` of the same images one at a time and in batches.
+5. `compile` (real size only): forward + backward of the same model as 1, eager and through `torch.compile`.
 
     PYTHONPATH=. python benchmarks/levers.py                # real-size chunked loss (CPU: minutes) and the rest
     PYTHONPATH=. python benchmarks/levers.py --small        # seconds, a smoke test
@@ -76,6 +77,38 @@ def benchmark_chunked_loss(
                     "loss": losses[-1],
                 }
             )
+    return rows
+
+
+def benchmark_compile(small: bool, batch_size: int, repeats: int, device: torch.device) -> list[dict[str, Any]]:
+    """
+    Forward + backward of the `align` mlp model (sizes as `benchmark_chunked_loss`) eager and through
+    `torch.compile` (inductor; what `accelerate launch --dynamo_backend inductor` applies to the prepared model): the
+    first call (compilation included) and the steady-state seconds per call on one batch shape.
+    """
+    layers = {} if small else {
+        "vision_config": {**DEFAULT_VISION_CONFIG, "num_hidden_layers": 2},
+        "text_config": {**DEFAULT_TEXT_CONFIG, "num_hidden_layers": 2},
+    }  # fmt: skip
+    model, processor = build_benchmark_model("mlp", small, **layers)
+    model = configure_trainable_parameters(model.to(device), "align").train()
+    batch = training_batch(model, processor, batch_size, device)
+    rows = []
+    for name, module in (("eager", model), ("torch.compile (inductor)", torch.compile(model))):
+        losses = []
+
+        def forward_backward() -> None:
+            with autocast(device):
+                loss = module(**batch).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+
+        first_s = time_calls(forward_backward, device, 0, 1)
+        seconds = time_calls(forward_backward, device, 1, repeats)
+        rows.append(
+            {"variant": name, "batch_size": batch_size, "first_call_s": first_s, "step_s": seconds, "loss": losses[-1]}
+        )
     return rows
 
 
@@ -162,6 +195,8 @@ def run_levers(small: bool, batch_sizes: Sequence[int], chunk_size: int) -> dict
         report = {
             "environment": environment(device),
             "chunked_loss": benchmark_chunked_loss(small, batch_sizes, chunk_size, 1 if small else 2, device),
+            # Compiling takes half a minute even for the tiny model: real size only.
+            "compile": [] if small else benchmark_compile(small, batch_sizes[0], 3, device),
             "group_by_length": benchmark_group_by_length(Path(work_dir), num_images, ("mlp", "qformer")),
             "workers": benchmark_workers(Path(work_dir), num_images, (0, 2)),
             "batched_generation": benchmark_batched_generation(num_images // 4, (1, 8, 32), 24),
@@ -177,6 +212,11 @@ def format_report(report: dict[str, Any]) -> str:
             ((r["loss_chunk_size"] or "one piece", r["batch_size"], r["labelled_positions"], f"{r['vocab_size']:,}",
               f"{r['step_s']:.3f}", f"{r['peak_memory_mb']:.0f}", f"{r['memory_increase_mb']:.0f}",
               f"{r['loss']:.6f}") for r in report["chunked_loss"]),
+        ),
+        "torch.compile against eager (forward + backward, one batch shape):\n" + markdown_table(
+            ("variant", "batch", "first call s", "s", "loss"),
+            ((r["variant"], r["batch_size"], f"{r['first_call_s']:.2f}", f"{r['step_s']:.3f}", f"{r['loss']:.6f}")
+             for r in report["compile"]),
         ),
         "Length-grouped batches (one epoch, tiny models):\n" + markdown_table(
             ("projector", "group_by_length", "padding share", "mean padded length", "train s", "samples/s"),

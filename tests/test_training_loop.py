@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
@@ -350,3 +351,28 @@ def test_a_run_with_a_chunked_loss_trains_as_one_with_the_loss_in_one_piece(tmp_
 def test_invalid_loss_chunk_size_is_refused(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_args(tmp_path, **overrides)
+
+
+def test_a_compiled_run_saves_and_resumes_under_the_models_own_names(tmp_path, monkeypatch):
+    """`accelerate launch --dynamo_backend ...` compiles the prepared model; what the run saves must not know it."""
+    common = dict(
+        max_train_samples=32, num_train_epochs=2, eval_strategy="epoch", predict_with_generate=False,
+        metric_for_best_model="loss",
+    )  # fmt: skip
+    reference = train(tiny_args(tmp_path / "eager", **common))
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")  # dynamo's wrapper, without inductor's compile time
+    args = tiny_args(tmp_path / "compiled", save_steps=6, **common)
+    AcceleratorState._reset_state(reset_partial_state=True)  # the state keeps the dynamo settings of its first run
+    try:
+        compiled = train(args)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "the model was not compiled"
+        resumed = train(replace(args, resume_from_checkpoint="latest"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert [r["loss"] for r in compiled.history] == pytest.approx([r["loss"] for r in reference.history], rel=1e-6)
+    run_dir = tmp_path / "compiled" / "run"
+    for name in ("", "best"):
+        assert_same_weights(saved_weights(run_dir / name), saved_weights(tmp_path / "eager" / "run" / name))
+    VLMForConditionalGeneration.from_pretrained(run_dir)
+    assert resumed.global_step == 8
+    assert_same_weights(saved_weights(run_dir), saved_weights(tmp_path / "eager" / "run"))

@@ -17,6 +17,7 @@ from captioning import generate_captions
 from processing_vlm import IGNORE_INDEX, VLMProcessor
 
 from .data import EvalSet
+from .model_setup import bare_model
 
 
 def evaluate(
@@ -38,7 +39,7 @@ def evaluate(
     captions: dict[str, str] = {}
     if predict_with_generate:
         captions = caption_images(
-            accelerator, accelerator.unwrap_model(model), processor, eval_set.caption_loader, max_new_tokens, prompt
+            accelerator, bare_model(accelerator, model), processor, eval_set.caption_loader, max_new_tokens, prompt
         )
         if accelerator.is_main_process:
             metrics.update(score_captions(captions, {i: eval_set.references[i] for i in captions}))

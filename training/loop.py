@@ -30,6 +30,7 @@ from .integrity import FrozenWeights
 from .model_card import push_output_dir, write_model_card, write_stage1_model_card
 from .model_setup import (
     TrainingSchedule,
+    bare_model,
     build_model,
     build_optimization,
     count_parameters,
@@ -207,7 +208,7 @@ def run_epochs(
     step with `args.eval_before_training`, after the last one when `max_steps` ends mid-epoch). Returns the captions
     of the last evaluation.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare_model(accelerator, model)
     bar = tqdm(
         total=schedule.total_steps,
         initial=state.global_step,

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -302,3 +303,11 @@ def build_optimization(
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer = build_optimizer(model, args.learning_rate, component_lrs, args.weight_decay, betas, args.adam_epsilon)
     return optimizer, build_scheduler(optimizer, args.lr_scheduler_type, schedule, num_processes), schedule
+
+
+def bare_model(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """
+    `model` without what `accelerator.prepare` wrapped around it: the distributed wrapper and torch.compile's
+    (`accelerate launch --dynamo_backend ...`), so that its parameter names carry neither `module.` nor `_orig_mod.`.
+    """
+    return accelerator.unwrap_model(model, keep_torch_compile=False)

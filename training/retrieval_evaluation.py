@@ -12,6 +12,7 @@ from qformer_pretraining.objectives import query_text_similarity
 from qformer_pretraining.retrieval import recall_at_k, rerank_with_matching
 
 from .evaluation import check_still_readable
+from .model_setup import bare_model
 from .pair_data import RetrievalEvalSet
 
 
@@ -27,7 +28,7 @@ def evaluate_retrieval(
     retrieval recalls (see [`~qformer_pretraining.retrieval.recall_at_k`]), re-ranked with `rerank_k`.
     """
     model.eval()
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare_model(accelerator, model)
     with torch.no_grad():
         metrics, image_embeds = validation_losses(accelerator, model, eval_set)
         text_embeds = torch.cat(
@@ -55,7 +56,7 @@ def validation_losses(
     The mean losses over the validation pairs of every process, and the query embeddings of every image `(num_images,
     num_queries, dim)`, in row order on every process.
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare_model(accelerator, model)
     totals = torch.zeros(len(LOSS_NAMES) + 1, device=accelerator.device)
     image_embeds = []
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []

@@ -20,31 +20,35 @@ from torch import nn
 from processing_vlm import VLMProcessor
 
 from .checkpointing import TrainerState, load_trainable_parameters, trainable_parameters
+from .model_setup import bare_model
 
 
 ADAPTER_DIR = "adapter"
 BEST_DIR = "best"
 BEST_TRAINABLE_NAME = "trainable.safetensors"
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def save_model(accelerator: Accelerator, model: nn.Module, processor: VLMProcessor, directory: str) -> None:
     """`save_pretrained` of the model (a `PeftModel` saves its adapter only) and the processor, from every process."""
-    state_dict = accelerator.get_state_dict(model)
+    bare = bare_model(accelerator, model)
+    # FSDP and DeepSpeed gather the full state from their wrapper; otherwise the bare model's names are the saved ones.
+    state_dict = accelerator.get_state_dict(model if accelerator.distributed_type in SHARDED else bare)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(directory, state_dict=state_dict)
+        bare.save_pretrained(directory, state_dict=state_dict)
         processor.save_pretrained(directory)
     accelerator.wait_for_everyone()
 
 
 def trainable_state_dict(accelerator: Accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the trainable parameters of the unwrapped `model`, by name."""
-    trainable = trainable_parameters(accelerator.unwrap_model(model))
+    """A CPU copy of the trainable parameters of the bare `model` (see `bare_model`), by name."""
+    trainable = trainable_parameters(bare_model(accelerator, model))
     return {name: parameter.detach().cpu().clone() for name, parameter in trainable.items()}
 
 
 def keeps_best_lean(accelerator: Accelerator) -> bool:
     """Whether `best/` holds the trainable parameters only until the end (not with FSDP or DeepSpeed shards)."""
-    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return accelerator.distributed_type not in SHARDED
 
 
 def save_best_model(
@@ -100,11 +104,11 @@ def finish_best_model(accelerator: Accelerator, model: nn.Module, processor: VLM
     best_file = os.path.join(best_dir, BEST_TRAINABLE_NAME)
     if not os.path.isfile(best_file):
         return
-    unwrapped = accelerator.unwrap_model(model)
+    bare = bare_model(accelerator, model)
     final = trainable_state_dict(accelerator, model)
-    load_trainable_parameters(unwrapped, load_file(best_file), best_file)
+    load_trainable_parameters(bare, load_file(best_file), best_file)
     save_model(accelerator, model, processor, best_dir)
-    load_trainable_parameters(unwrapped, final, "the final parameters")
+    load_trainable_parameters(bare, final, "the final parameters")
     if accelerator.is_main_process:
         os.remove(best_file)
     accelerator.wait_for_everyone()
@@ -122,7 +126,7 @@ def save_final_model(
         return
     save_model(accelerator, model, processor, os.path.join(output_dir, ADAPTER_DIR))
     if accelerator.is_main_process:
-        merged = accelerator.unwrap_model(model).merge_and_unload()
+        merged = bare_model(accelerator, model).merge_and_unload()
         merged.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
