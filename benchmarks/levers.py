@@ -19,11 +19,12 @@ The training and evaluation levers, each against its baseline in one process:
 import argparse
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from benchmarks.measure import PeakMemory, autocast, environment, publish_report, time_calls
 from benchmarks.workloads import build_benchmark_model, training_batch
@@ -31,6 +32,8 @@ from caption_data import make_shapes_dataset
 from captioning import generate_captions
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
 from markdown_tables import markdown_table
+from modeling_vlm import VLMForConditionalGeneration
+from processing_vlm import VLMProcessor
 from tiny_vlm import build_tiny_vlm
 from training import VLMTrainingArguments, train
 from training.data import prepare_data
@@ -38,30 +41,43 @@ from training.loop import make_accelerator
 from training.model_setup import build_model, configure_trainable_parameters
 
 
-def benchmark_chunked_loss(
-    small: bool, batch_sizes: Sequence[int], chunk_size: int, repeats: int, device: torch.device
-) -> list[dict[str, Any]]:
-    """Seconds, peak memory and loss of forward + backward with the loss chunked and in one piece, per batch size."""
+def align_mlp_model(small: bool, device: torch.device) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
+    """The mlp model in training mode for the `align` stage: tiny, or real widths and vocabulary at 2 + 2 layers."""
     layers = {} if small else {
         "vision_config": {**DEFAULT_VISION_CONFIG, "num_hidden_layers": 2},
         "text_config": {**DEFAULT_TEXT_CONFIG, "num_hidden_layers": 2},
     }  # fmt: skip
     model, processor = build_benchmark_model("mlp", small, **layers)
-    model = configure_trainable_parameters(model.to(device), "align").train()
+    return configure_trainable_parameters(model.to(device), "align").train(), processor
+
+
+def forward_backward_recorder(
+    module: nn.Module, model: nn.Module, batch: dict[str, Any], device: torch.device, losses: list[float]
+) -> Callable[[], None]:
+    """A call running `module` (`model`, or `model` compiled) forward on `batch` and backward; it records the loss."""
+
+    def forward_backward() -> None:
+        with autocast(device):
+            loss = module(**batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+
+    return forward_backward
+
+
+def benchmark_chunked_loss(
+    small: bool, batch_sizes: Sequence[int], chunk_size: int, repeats: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """Seconds, peak memory and loss of forward + backward with the loss chunked and in one piece, per batch size."""
+    model, processor = align_mlp_model(small, device)
     rows = []
     for batch_size in batch_sizes:
         batch = training_batch(model, processor, batch_size, device)
         for chunk in (chunk_size, None):
             model.config.loss_chunk_size = chunk
             losses = []
-
-            def forward_backward() -> None:
-                with autocast(device):
-                    loss = model(**batch).loss
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-
+            forward_backward = forward_backward_recorder(model, model, batch, device, losses)
             forward_backward()
             with PeakMemory(device) as memory:
                 seconds = time_calls(forward_backward, device, 0, repeats)
@@ -86,24 +102,12 @@ def benchmark_compile(small: bool, batch_size: int, repeats: int, device: torch.
     `torch.compile` (inductor; what `accelerate launch --dynamo_backend inductor` applies to the prepared model): the
     first call (compilation included) and the steady-state seconds per call on one batch shape.
     """
-    layers = {} if small else {
-        "vision_config": {**DEFAULT_VISION_CONFIG, "num_hidden_layers": 2},
-        "text_config": {**DEFAULT_TEXT_CONFIG, "num_hidden_layers": 2},
-    }  # fmt: skip
-    model, processor = build_benchmark_model("mlp", small, **layers)
-    model = configure_trainable_parameters(model.to(device), "align").train()
+    model, processor = align_mlp_model(small, device)
     batch = training_batch(model, processor, batch_size, device)
     rows = []
     for name, module in (("eager", model), ("torch.compile (inductor)", torch.compile(model))):
         losses = []
-
-        def forward_backward() -> None:
-            with autocast(device):
-                loss = module(**batch).loss
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-
+        forward_backward = forward_backward_recorder(module, model, batch, device, losses)
         first_s = time_calls(forward_backward, device, 0, 1)
         seconds = time_calls(forward_backward, device, 1, repeats)
         rows.append(
