@@ -1,16 +1,22 @@
 # Fresh-machine entry points. `make demo` runs the main job offline (the tiny projector comparison); `make test` the tests.
-# Both create .venv with the CPU build of torch first (a bare `torch` requirement would pull a multi-GB CUDA build).
+# Both create .venv with the CPU build of torch (a bare `torch` requirement would pull a multi-GB CUDA build) and every
+# package at the version pinned in constraints/pinned.txt, so that the README's table reproduces.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_TRANSFORMERS4 ?= .venv-transformers4
+VENV_NEWEST ?= .venv-newest
 TORCH_CPU ?= torch==2.13.0
+PINNED ?= constraints/pinned.txt
+PINNED_TRANSFORMERS4 ?= constraints/transformers4.txt
+# The suite's tests of the Hub-side code (config, model, processor, Auto classes) and of the stage-1 Q-Former.
+HUB_TESTS ?= tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_cache_names.py \
+	tests/test_cross_attention.py tests/test_qformer_pretraining.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py
 
-.PHONY: setup demo test lint test-transformers4 java
+.PHONY: setup demo test lint java test-transformers4 setup-newest test-newest pin
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(PINNED)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet $(TORCH_CPU)
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -c $(PINNED) $(TORCH_CPU) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,15 +33,35 @@ test: setup java
 lint: setup  # pyflakes, import order, style (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-# The Hub-side code (config, model, processor, Auto-class loading) and the stage-1 Q-Former under the last 4.x release.
-$(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml
+# The Hub-side code under the last 4.x release, pinned too.
+$(VENV_TRANSFORMERS4)/.installed: setup.cfg pyproject.toml $(PINNED_TRANSFORMERS4)
 	$(PYTHON) -m venv $(VENV_TRANSFORMERS4)
-	$(VENV_TRANSFORMERS4)/bin/pip install --quiet $(TORCH_CPU)
-	$(VENV_TRANSFORMERS4)/bin/pip install --quiet "transformers==4.57.6" "huggingface_hub<1.0" accelerate tokenizers pillow safetensors pytest
+	$(VENV_TRANSFORMERS4)/bin/pip install --quiet -c $(PINNED_TRANSFORMERS4) $(TORCH_CPU) transformers \
+		huggingface_hub accelerate tokenizers pillow safetensors pytest
 	touch $@
 
-# Then across versions: a model saved by 5.x loaded by 4.57 in a fresh process, and the other way round.
+# Then across versions: a model saved by the pinned 5.x loaded by 4.57 in a fresh process, and the other way round.
 test-transformers4: $(VENV_TRANSFORMERS4)/.installed setup
-	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_cross_attention.py tests/test_qformer_pretraining.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py
+	$(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider $(HUB_TESTS)
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_TRANSFORMERS4)/bin/python $(VENV)/bin/python -m pytest tests/test_auto_loading.py
 	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py
+
+# The newest releases, unpinned: what `pip install -e .` gives a user today (torch stays the CPU build). Upgraded at
+# every call, so that CI meets a new release at the next submission.
+setup-newest:
+	$(PYTHON) -m venv $(VENV_NEWEST)
+	$(VENV_NEWEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager $(TORCH_CPU) -e ".[dev]"
+
+# The whole suite on the newest releases, after naming those that moved since the pins; then loading across versions
+# between the newest and 4.57, both ways.
+test-newest: setup-newest $(VENV_TRANSFORMERS4)/.installed java
+	$(VENV_NEWEST)/bin/python .ci/compare_releases.py $(PINNED)
+	$(VENV_NEWEST)/bin/python -m pytest -p no:cacheprovider
+	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_TRANSFORMERS4)/bin/python $(VENV_NEWEST)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py
+	VLM_LOADER_PYTHON=$(CURDIR)/$(VENV_NEWEST)/bin/python $(VENV_TRANSFORMERS4)/bin/python -m pytest -p no:cacheprovider tests/test_auto_loading.py
+
+# Moves the pins to the newest releases (keeping the file's comments); then run `make demo` and update the README.
+pin: setup-newest
+	grep '^#' $(PINNED) > $(PINNED).new
+	$(VENV_NEWEST)/bin/pip freeze --exclude-editable | sed 's/+cpu$$//' >> $(PINNED).new
+	mv $(PINNED).new $(PINNED)

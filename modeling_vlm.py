@@ -29,6 +29,7 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 
@@ -43,6 +44,20 @@ try:
 except ImportError:  # imported as a local module rather than as remote code
     from configuration_vlm import VLMConfig
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
+
+
+# transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
+# generation; this is the name the installed release uses, read off its own output class.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The key/value cache passed under either name: `cache` (transformers >= 5.25) or `past_key_values` (before)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError(
+            "Got the key/value cache twice, as `cache` and as `past_key_values`; pass it once (either name works)."
+        )
+    return cache if cache is not None else past_key_values
 
 
 @dataclass
@@ -61,15 +76,16 @@ class VLMProjectorOutput(ModelOutput):
 
 
 @dataclass
-class VLMCausalLMOutputWithPast(ModelOutput):
+class VLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is provided):
         Next-token cross-entropy averaged over the labelled positions (labels != -100).
     logits (`torch.FloatTensor` of shape `(batch_size, num_kept_positions, vocab_size)`, *optional*):
         Next-token scores at the positions kept by `logits_to_keep` (all positions by default; none when `labels`
         is given and `logits_to_keep` is not, because the loss never needs the full logits).
-    past_key_values (`Cache`, *optional*):
-        Key/value cache of the language model.
+    cache (`Cache`, *optional*):
+        Key/value cache of the language model. The field has the installed transformers' name ([`CACHE_NAME`]):
+        `cache` from 5.25 on, `past_key_values` before.
     hidden_states (`tuple[torch.FloatTensor]`, *optional*):
         Language model hidden states, returned with `output_hidden_states=True`.
     attentions (`tuple[torch.FloatTensor]`, *optional*):
@@ -85,11 +101,6 @@ class VLMCausalLMOutputWithPast(ModelOutput):
         order of their markers. Tokens with no image before them attend uniformly and are not used.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
     projector_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -442,7 +453,7 @@ class VLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "vlm"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_flash_attn_2 = True
     _supports_sdpa = True
@@ -647,7 +658,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         vision_features: torch.FloatTensor | None = None,
@@ -657,6 +668,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> VLMCausalLMOutputWithPast:
         r"""
@@ -664,6 +676,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             Token ids, with `num_image_tokens` image placeholders per image (as built by [`VLMProcessor`]).
         pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, image_size, image_size)`, *optional*):
             The images, in the order of their placeholders in the batch.
+        cache (`Cache`, *optional*):
+            Key/value cache of the language model; `past_key_values` is the same argument under its name before
+            transformers 5.25 (either name works with every release).
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Target ids, `-100` where no loss is wanted; shifted inside the model, as for any causal LM.
         vision_features (`torch.FloatTensor` of shape `(num_images, num_patches, vision_hidden_size)`, *optional*):
@@ -676,7 +691,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        num_cached_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = resolve_cache(cache, past_key_values)
+        num_cached_tokens = cache.get_seq_length() if cache is not None else 0
         self._check_sequence_length(
             num_new_tokens=(input_ids if input_ids is not None else inputs_embeds).shape[1],
             num_cached_tokens=num_cached_tokens,
@@ -701,7 +717,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if self.config.fusion == "cross_attention":
             image_embeds = image_outputs.image_embeds if image_outputs is not None else None
             context = self.cross_attention_context(
-                input_ids, inputs_embeds.shape[:2], image_embeds, past_key_values, bool(output_attentions)
+                input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions)
             )
         outputs = self._run_language_model(
             context,
@@ -709,11 +725,11 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -731,7 +747,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         return VLMCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_outputs.image_embeds if image_outputs is not None else None,
@@ -755,8 +771,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             # Gradient checkpointing re-runs the blocks in backward, so a training step keeps the context until the next.
             if context is not None and not (self.training and self._is_checkpointing_activations()):
                 self._cross_attention_context = None
-        if self.config.fusion == "cross_attention" and outputs.past_key_values is not None and num_cached_tokens == 0:
-            setattr(outputs.past_key_values, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
+        cache = getattr(outputs, CACHE_NAME)
+        if self.config.fusion == "cross_attention" and cache is not None and num_cached_tokens == 0:
+            setattr(cache, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
         return outputs
 
     def cross_attention_context(
@@ -764,22 +781,22 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None,
         input_shape: tuple[int, int],
         image_embeds: torch.FloatTensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         output_attentions: bool = False,
     ) -> VLMCrossAttentionContext | None:
         """
         What the cross-attention blocks read for an input of `input_shape` `(batch, seq)`: the `image_embeds`
-        `(num_images, num_visual_tokens, dim)` of a first call, or the images cached at the prefill step of
-        `past_key_values`. `None` when no image precedes any token.
+        `(num_images, num_visual_tokens, dim)` of a first call, or the images cached at the prefill step of `cache`.
+        `None` when no image precedes any token.
         """
-        is_decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        is_decoding = cache is not None and cache.get_seq_length() > 0
         if is_decoding and image_embeds is not None:
             raise ValueError(
                 "With fusion='cross_attention', images are read at the first call of a sequence (the prefill step); "
                 "this call continues a cached sequence. Start a new sequence with all its images instead."
             )
         if is_decoding:
-            images, visual_states = getattr(past_key_values, IMAGE_CACHE_ATTRIBUTE, None), None
+            images, visual_states = getattr(cache, IMAGE_CACHE_ATTRIBUTE, None), None
             if images is None:
                 return None
             token_slots = images.last_slots[:, None].expand(input_shape)
@@ -877,18 +894,28 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         pixel_values: torch.FloatTensor | None = None,
         vision_features: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> dict:
-        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-        if is_prefill and kwargs.get("inputs_embeds") is None:
+        """
+        `GenerationMixin`'s inputs of one step, with the images only at a step that starts a sequence; afterwards their
+        keys and values are in the cache. A step starts a sequence when `generate` says so (`is_first_iteration`, passed
+        by transformers 5.x at the prefill, also of a continued cache) or when the cache holds nothing yet (every
+        release: 4.57 passes no flag; without a cache every step re-reads the whole sequence).
+        """
+        cache = resolve_cache(cache, past_key_values)
+        starts_sequence = bool(is_first_iteration) or cache is None or cache.get_seq_length() == 0
+        if starts_sequence and kwargs.get("inputs_embeds") is None:
             # transformers 4.x's preparation below fails on an empty prompt with a bare IndexError.
             self._check_sequence_length(num_new_tokens=input_ids.shape[1])
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
-        # Images enter at the prefill step only; afterwards their keys and values are in the cache.
-        if is_prefill:
+        if is_first_iteration is not None:  # 4.57's preparation would forward it to the model as an unknown input
+            kwargs["is_first_iteration"] = is_first_iteration
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **{CACHE_NAME: cache}, **kwargs)
+        if starts_sequence:
             model_inputs["pixel_values"] = pixel_values
             model_inputs["vision_features"] = vision_features
         return model_inputs

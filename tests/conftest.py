@@ -2,6 +2,7 @@
 from their one home, `captioning.py`; the projector types from `configuration_vlm.py`."""
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 from PIL import Image
@@ -10,6 +11,22 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Named at the top of every run, so that a failure under the newest releases (`make test-newest`) says which they were.
+REPORTED_PACKAGES = (
+    "torch", "transformers", "accelerate", "peft", "datasets", "tokenizers", "huggingface_hub", "safetensors", "pillow",
+    "numpy",
+)  # fmt: skip
+
+
+def pytest_report_header() -> str:
+    versions = []
+    for package in REPORTED_PACKAGES:
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return "releases: " + ", ".join(versions)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tiny_vlm import build_tiny_vlm
 
 LOADER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, warnings
     import torch, transformers
     from PIL import Image
     from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
@@ -29,7 +29,8 @@ LOADER = textwrap.dedent(
     assert not any(path.endswith("main") or "configuration_vlm" in path for path in sys.path)
     request = json.loads(sys.argv[1])
     image = Image.new("RGB", (48, 40), (220, 30, 30))
-    # 4.57 has AutoModelForVision2Seq and AutoModelForImageTextToText; 5.x only the latter.
+    # 4.57 has AutoModelForVision2Seq (deprecated there, still used) and AutoModelForImageTextToText; 5.x only the latter.
+    warnings.filterwarnings("ignore", message=".*AutoModelForVision2Seq.* is deprecated")
     auto_classes = ["AutoModelForImageTextToText", "AutoModel"]
     auto_classes += ["AutoModelForVision2Seq"] if hasattr(transformers, "AutoModelForVision2Seq") else []
     results = {"auto_classes": auto_classes, "version": transformers.__version__}
@@ -75,6 +76,9 @@ def load_in_fresh_process(directories: list[str], cwd) -> dict:
         [os.environ.get("VLM_LOADER_PYTHON", sys.executable), "-c", LOADER, json.dumps(request)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     assert process.returncode == 0, process.stderr[-4000:]
+    # Remote code that uses a name its transformers has deprecated (e.g. `past_key_values` under 5.25) says so here.
+    deprecations = [line for line in process.stderr.splitlines() if "deprecat" in line.lower()]
+    assert not deprecations, deprecations
     return json.loads(process.stdout.split("RESULTS", 1)[1])
 
 

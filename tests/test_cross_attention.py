@@ -8,7 +8,7 @@ import torch
 
 from captioning import caption_messages
 from configuration_vlm import VLMConfig
-from modeling_vlm import IMAGE_CACHE_ATTRIBUTE, VLMForConditionalGeneration
+from modeling_vlm import CACHE_NAME, IMAGE_CACHE_ATTRIBUTE, VLMForConditionalGeneration
 from tiny_vlm import TINY_VISION_CONFIG, build_tiny_vlm
 
 
@@ -100,7 +100,7 @@ def test_media_mask_element_by_element(images):
     assert len(markers) == 2
     with torch.no_grad():
         image_embeds = model.get_image_features(batch["pixel_values"]).image_embeds
-    context = model.cross_attention_context(input_ids, input_ids.shape, image_embeds, past_key_values=None)
+    context = model.cross_attention_context(input_ids, input_ids.shape, image_embeds, cache=None)
     tokens = model.config.num_visual_tokens
     assert context.visual_states.shape == (1, 2 * tokens, model.config.text_config.hidden_size)
     assert torch.equal(context.visual_states[0], image_embeds.flatten(0, 1))
@@ -214,10 +214,10 @@ def test_images_with_a_continued_cache_are_refused(images):
     model, processor = build_deep_vlm()
     batch = prompt_batch(processor, images[:1])
     with torch.no_grad():
-        cache = model(**batch, use_cache=True).past_key_values
+        cache = getattr(model(**batch, use_cache=True), CACHE_NAME)
         assert getattr(cache, IMAGE_CACHE_ATTRIBUTE).last_slots.tolist() == [0]
         with pytest.raises(ValueError, match="images are read at the first call of a sequence"):
-            model(input_ids=batch["input_ids"][:, -1:], pixel_values=batch["pixel_values"], past_key_values=cache)
+            model(input_ids=batch["input_ids"][:, -1:], pixel_values=batch["pixel_values"], cache=cache)
 
 
 def test_language_model_without_findable_decoder_layers_is_refused():

@@ -10,7 +10,7 @@ from torch import nn
 
 from captioning import caption_messages
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
-from modeling_vlm import PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
+from modeling_vlm import CACHE_NAME, PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
 from processing_vlm import IS_TRANSFORMERS_4
 from tiny_vlm import build_tiny_vlm
 
@@ -192,14 +192,14 @@ def test_input_longer_than_max_position_embeddings_raises(images):
     prompt = caption_batch(processor, images[:1])
     prompt_length = prompt["input_ids"].shape[1]
     with torch.no_grad():
-        cache = model(**prompt, use_cache=True).past_key_values
+        cache = getattr(model(**prompt, use_cache=True), CACHE_NAME)
         with pytest.raises(ValueError) as error:
-            model(input_ids=torch.full((1, 65 - prompt_length), 100), past_key_values=cache)
+            model(input_ids=torch.full((1, 65 - prompt_length), 100), cache=cache)
         assert str(error.value).startswith(
             f"The input is 65 tokens long ({prompt_length} cached + {65 - prompt_length} new) but the language model "
             "handles at most 64 (text_config.max_position_embeddings)"
         )
-        last_step = model(input_ids=torch.full((1, 64 - prompt_length), 100), past_key_values=cache)
+        last_step = model(input_ids=torch.full((1, 64 - prompt_length), 100), cache=cache)
     assert last_step.logits.shape[1] == 64 - prompt_length and cache.get_seq_length() == 64
 
 
