@@ -22,12 +22,12 @@ import PIL.Image
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from caption_data import CaptionDataError, load_captions, readable_samples
-from caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
-from captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
 from configuration_vlm import PROJECTOR_TYPES
-from markdown_tables import markdown_table
-from visualize import save_model_picture, write_gallery
+from data.captions import CaptionDataError, load_captions, readable_samples
+from evaluation.caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
+from evaluation.captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
+from evaluation.markdown_tables import markdown_table
+from evaluation.visualize import save_model_picture, write_gallery
 
 
 TABLE_COLUMNS = (

@@ -28,13 +28,13 @@ from torch import nn
 
 from benchmarks.measure import PeakMemory, autocast, environment, publish_report, time_calls
 from benchmarks.workloads import build_benchmark_model, training_batch
-from caption_data import make_shapes_dataset
-from captioning import generate_captions
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
-from markdown_tables import markdown_table
+from data.captions import make_shapes_dataset
+from evaluation.captioning import generate_captions
+from evaluation.markdown_tables import markdown_table
 from modeling_vlm import VLMForConditionalGeneration
+from models.tiny import build_tiny_vlm
 from processing_vlm import VLMProcessor
-from tiny_vlm import build_tiny_vlm
 from training import VLMTrainingArguments, train
 from training.data import prepare_data
 from training.loop import make_accelerator

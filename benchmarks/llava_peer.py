@@ -32,12 +32,12 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from benchmarks.measure import environment, synchronize
 from benchmarks.workloads import build_benchmark_model, synthetic_images
-from captioning import caption_prompt
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
-from markdown_tables import markdown_table
+from evaluation.captioning import caption_prompt
+from evaluation.markdown_tables import markdown_table
 from modeling_vlm import VLMForConditionalGeneration
+from models.tiny import build_tiny_vlm
 from processing_vlm import VLMProcessor
-from tiny_vlm import build_tiny_vlm
 from training import training_step
 from training.data import CaptionCollator
 from training.model_setup import build_optimizer

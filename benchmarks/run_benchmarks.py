@@ -46,7 +46,7 @@ from benchmarks.sections import (
     vision_epoch_share,
 )
 from benchmarks.workloads import benchmark_settings
-from markdown_tables import markdown_table
+from evaluation.markdown_tables import markdown_table
 from training.comparison import RUN_NAMES
 
 

@@ -22,8 +22,8 @@ from transformers import get_scheduler
 
 from benchmarks.measure import PeakMemory, autocast, counted_flops, release_memory, time_calls
 from benchmarks.workloads import BenchmarkSettings, build_benchmark_model, synthetic_images, training_batch
-from captioning import generate_captions
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
+from evaluation.captioning import generate_captions
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 from training import VLMTrainingArguments, run_comparison, training_step

@@ -22,9 +22,9 @@ from transformers import Blip2QFormerConfig
 from benchmarks.measure import PeakMemory, environment, time_calls
 from benchmarks.sections import training_precision
 from configuration_vlm import DEFAULT_VISION_CONFIG
-from markdown_tables import markdown_table
+from evaluation.markdown_tables import markdown_table
+from models.tiny import TINY_BERT_CONFIG, TINY_VISION_CONFIG
 from qformer_pretraining import QFormerForPretraining, QFormerPretrainingConfig
-from tiny_vlm import TINY_BERT_CONFIG, TINY_VISION_CONFIG
 from training import training_step
 from training.model_setup import build_optimizer
 

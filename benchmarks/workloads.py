@@ -15,14 +15,14 @@ from PIL import Image
 
 from configuration_vlm import VLMConfig
 from modeling_vlm import VLMForConditionalGeneration
-from processing_vlm import VLMProcessor, make_chat_template
-from tiny_vlm import (
+from models.tiny import (
     IMAGE_TOKEN,
     build_siglip_image_processor,
     build_tiny_tokenizer,
     build_tiny_vlm,
     set_tiny_generation_config,
 )
+from processing_vlm import VLMProcessor, make_chat_template
 from training.comparison import ALL_RUNS, run_settings
 from training.data import CaptionCollator
 

@@ -4,9 +4,9 @@ import PIL.Image
 import pytest
 import torch
 
-from attention_maps import attending_layers, cross_attention_maps, projector_attention_maps, saliency_map
-from caption_data import make_shapes_dataset
-from tiny_vlm import build_tiny_vlm
+from data.captions import make_shapes_dataset
+from evaluation.attention_maps import attending_layers, cross_attention_maps, projector_attention_maps, saliency_map
+from models.tiny import build_tiny_vlm
 
 
 @pytest.fixture(scope="module")

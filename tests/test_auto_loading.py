@@ -14,9 +14,9 @@ import pytest
 import torch
 import transformers
 
-from captioning import caption_messages
 from configuration_vlm import PROJECTOR_TYPES
-from tiny_vlm import build_tiny_vlm
+from evaluation.captioning import caption_messages
+from models.tiny import build_tiny_vlm
 
 
 LOADER = textwrap.dedent(

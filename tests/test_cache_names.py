@@ -11,10 +11,10 @@ import torch
 import transformers
 from transformers import DynamicCache
 
-from captioning import caption_messages
+from evaluation.captioning import caption_messages
 from modeling_vlm import CACHE_NAME
+from models.tiny import build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
-from tiny_vlm import build_tiny_vlm
 
 
 FUSIONS = ["early", "cross_attention"]

@@ -11,8 +11,8 @@ import PIL.Image
 import pytest
 from datasets import Dataset, Image
 
-import caption_data
-from caption_data import (
+from data import captions as caption_data
+from data.captions import (
     CAPTION_FEATURES,
     SHAPES_SPLIT_SIZES,
     CaptionDataError,
@@ -22,7 +22,7 @@ from caption_data import (
     make_shapes_dataset,
     open_image,
 )
-from shapes_data import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
+from data.shapes import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
 
 
 def raw_images(dataset: Dataset) -> list[bytes]:

@@ -15,7 +15,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from caption_metrics import COCO_CAPTION_METRICS, JavaNotFoundError, _tokenize, score_captions
+from evaluation.caption_metrics import COCO_CAPTION_METRICS, JavaNotFoundError, _tokenize, score_captions
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -155,8 +155,8 @@ def test_java_problem_raises_with_install_hint(java, tmp_path, monkeypatch):
 
 
 def test_stuck_meteor_is_killed_instead_of_hanging(monkeypatch):
-    monkeypatch.setattr("caption_metrics.METEOR_TIMEOUT_S", 0.0)
-    monkeypatch.setattr("caption_metrics.METEOR_TIMEOUT_PER_ID_S", 0.0)
+    monkeypatch.setattr("evaluation.caption_metrics.METEOR_TIMEOUT_S", 0.0)
+    monkeypatch.setattr("evaluation.caption_metrics.METEOR_TIMEOUT_PER_ID_S", 0.0)
     before = java_children()
     with pytest.raises(RuntimeError, match="METEOR 1.5 .* gave no answer within 0 s and was killed"):
         score_captions({1: "a cat", 2: "a dog"}, {1: ["a cat on a mat"], 2: "a dog"})

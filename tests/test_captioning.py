@@ -1,8 +1,8 @@
 """`captioning`: the captioning chat and batched greedy generation."""
 
-from caption_data import make_shapes_dataset
-from captioning import CAPTION_PROMPT, caption_messages, generate_captions
-from tiny_vlm import build_tiny_vlm
+from data.captions import make_shapes_dataset
+from evaluation.captioning import CAPTION_PROMPT, caption_messages, generate_captions
+from models.tiny import build_tiny_vlm
 
 
 def test_caption_messages_put_the_image_first_then_the_prompt_and_the_caption_as_the_answer():

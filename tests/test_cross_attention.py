@@ -6,10 +6,10 @@ masking, generation with the keys and values cached once, and the errors of bad 
 import pytest
 import torch
 
-from captioning import caption_messages
 from configuration_vlm import VLMConfig
+from evaluation.captioning import caption_messages
 from modeling_vlm import CACHE_NAME, IMAGE_CACHE_ATTRIBUTE, VLMForConditionalGeneration
-from tiny_vlm import TINY_VISION_CONFIG, build_tiny_vlm
+from models.tiny import TINY_VISION_CONFIG, build_tiny_vlm
 
 
 def build_deep_vlm(projector_type: str = "perceiver", gate: float | None = 0.7, seed: int = 0, **overrides):

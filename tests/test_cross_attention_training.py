@@ -15,8 +15,8 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
 import train_accelerate
+from models.tiny import build_tiny_vlm
 from tiny_runs import CONFIGS, caption_inputs, saved_weights, tiny_args
-from tiny_vlm import build_tiny_vlm
 from training import ALL_RUNS, train
 
 

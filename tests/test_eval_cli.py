@@ -7,11 +7,11 @@ import os
 import pytest
 from PIL import Image
 
-import caption_data
 import eval as vlm_eval
-import visualize as layout
-from caption_metrics import COCO_CAPTION_METRICS
-from tiny_vlm import build_tiny_vlm
+from data import captions as caption_data
+from evaluation import visualize as layout
+from evaluation.caption_metrics import COCO_CAPTION_METRICS
+from models.tiny import build_tiny_vlm
 
 
 def test_cli_end_to_end_writes_every_output(tmp_path):

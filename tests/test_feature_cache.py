@@ -3,8 +3,8 @@
 from dataclasses import replace
 from pathlib import Path
 
+from models.tiny import build_tiny_vlm
 from tiny_runs import tiny_args
-from tiny_vlm import build_tiny_vlm
 from training import train
 
 

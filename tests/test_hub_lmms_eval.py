@@ -17,7 +17,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from tiny_vlm import build_tiny_vlm
+from models.tiny import build_tiny_vlm
 
 
 COCO_PROMPT = "Provide a one-sentence caption for the provided image."  # coco2017_cap_val's `doc_to_text`

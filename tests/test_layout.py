@@ -1,7 +1,8 @@
 """
-The layering of the repository, read from the source: the Hub-side files import only each other, transformers, torch
-and the standard library; the libraries never import the training package or the command lines above them; inside
-`training/` each module imports only the ones before it; and scoring captions needs neither torch nor transformers.
+The layering of the repository, read from the source: the root holds the Hub-side files and the command lines only;
+the Hub-side files import only each other, transformers, torch and the standard library; each package imports only
+the packages before it in `PACKAGE_ORDER` (never a command line); inside `training/` each module imports only the ones
+before it; and scoring captions needs neither torch nor transformers.
 """
 
 import ast
@@ -16,10 +17,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REMOTE_CODE = ("configuration_vlm", "modeling_vlm", "processing_vlm")
 COMMAND_LINES = ("eval", "train_accelerate")
-# Every other top-level module is a library.
-LIBRARIES = tuple(
-    sorted(path.stem for path in REPO_ROOT.glob("*.py") if path.stem not in {*REMOTE_CODE, *COMMAND_LINES})
-)
+# Each package may import the Hub-side files and the packages before it, never the ones after it.
+PACKAGE_ORDER = ("models", "data", "evaluation", "qformer_pretraining", "training", "benchmarks")
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
     "arguments", "integrity", "feature_cache", "length_grouping", "data", "pair_data", "model_setup", "checkpointing",
@@ -43,8 +42,13 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def test_every_module_has_its_place_in_the_layering():
-    assert set(LIBRARIES) >= {"caption_data", "caption_metrics", "captioning", "markdown_tables", "tiny_vlm"}
+def test_the_root_holds_the_hub_files_and_the_command_lines_only():
+    assert {path.stem for path in REPO_ROOT.glob("*.py")} == {*REMOTE_CODE, *COMMAND_LINES}
+    packages = {path.parent.name for path in REPO_ROOT.glob("*/__init__.py")} - {"tests"}
+    assert packages == set(PACKAGE_ORDER), "add the new package to PACKAGE_ORDER"
+
+
+def test_every_training_module_has_its_place_in_the_layering():
     modules = {path.stem for path in (REPO_ROOT / "training").glob("*.py")} - {"__init__"}
     assert modules == set(TRAINING_ORDER), "add the new training module to TRAINING_ORDER"
 
@@ -56,9 +60,14 @@ def test_remote_code_imports_only_each_other_transformers_torch_and_the_standard
     assert imports(REPO_ROOT / f"{module}.py") <= allowed
 
 
-@pytest.mark.parametrize("module", LIBRARIES)
-def test_libraries_import_neither_training_nor_the_command_lines(module):
-    assert not imports(REPO_ROOT / f"{module}.py") & {"training", "benchmarks", *COMMAND_LINES}
+@pytest.mark.parametrize(
+    "path",
+    sorted(path for package in PACKAGE_ORDER for path in (REPO_ROOT / package).glob("*.py")),
+    ids=lambda path: f"{path.parent.name}.{path.stem}",
+)
+def test_packages_import_only_the_packages_before_them(path):
+    later = set(PACKAGE_ORDER[PACKAGE_ORDER.index(path.parent.name) + 1 :])
+    assert not imports(path) & (later | set(COMMAND_LINES))
 
 
 @pytest.mark.parametrize("module", TRAINING_ORDER)
@@ -69,24 +78,18 @@ def test_training_modules_import_only_modules_before_them(module):
     assert not imported & {"training", "benchmarks", *COMMAND_LINES}
 
 
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "qformer_pretraining").glob("*.py")), ids=lambda p: p.stem)
-def test_the_stage1_package_is_a_library(path):
-    assert not imports(path) & {"training", "benchmarks", *COMMAND_LINES}
-
-
-def test_nothing_imports_a_command_line():
-    sources = [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("training/*.py"), *REPO_ROOT.glob("benchmarks/*.py")]
-    for path in sources:
-        assert not imports(path) & set(COMMAND_LINES), path
+def test_no_command_line_imports_another():
+    for name in COMMAND_LINES:
+        assert not imports(REPO_ROOT / f"{name}.py") & set(COMMAND_LINES), name
 
 
 def test_the_evaluate_metric_imports_only_the_scorer():
     metric = REPO_ROOT / "metrics" / "coco_caption" / "coco_caption.py"
-    assert imports(metric) == {"caption_metrics", "datasets", "evaluate"}
+    assert imports(metric) == {"evaluation", "datasets", "evaluate"}
 
 
 def test_scoring_captions_loads_neither_torch_nor_transformers():
-    code = "import sys, caption_metrics; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, evaluation.caption_metrics; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     completed = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120
     )

@@ -8,9 +8,9 @@ import torch
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 
-from caption_data import make_shapes_dataset
+from data.captions import make_shapes_dataset
+from models.tiny import build_tiny_tokenizer
 from tiny_runs import assert_same_weights, saved_weights, tiny_args
-from tiny_vlm import build_tiny_tokenizer
 from training import train
 from training.data import CaptionExamples, length_grouped_sampler
 

@@ -2,7 +2,7 @@
 
 from huggingface_hub import ModelCard
 
-from caption_data import KARPATHY_SOURCE
+from data.captions import KARPATHY_SOURCE
 from training import TrainingResults, VLMTrainingArguments, model_card
 from training.model_card import write_model_card
 

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from captioning import caption_messages
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
+from evaluation.captioning import caption_messages
 from modeling_vlm import CACHE_NAME, PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
+from models.tiny import build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
-from tiny_vlm import build_tiny_vlm
 
 
 def caption_batch(processor, images, answers=None):

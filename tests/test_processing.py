@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from captioning import caption_messages
+from evaluation.captioning import caption_messages
+from models.tiny import build_tiny_processor
 from processing_vlm import to_rgb_image
-from tiny_vlm import build_tiny_processor
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ NO_WARNING_SCRIPT = textwrap.dedent(
     handler.emit = records.append
     logging.getLogger("transformers").addHandler(handler)  # every transformers module logs below this one
 
-    from tiny_vlm import build_tiny_vlm
+    from models.tiny import build_tiny_vlm
 
     model, processor = build_tiny_vlm("mlp")
     processor(images=[Image.new("RGB", (40, 30), (200, 20, 20))], text=["<image>A red picture."], return_tensors="pt")

@@ -7,12 +7,12 @@ BERT weights land.
 import pytest
 import torch
 
+from models.tiny import build_tiny_bert, build_tiny_vlm
 from qformer_pretraining import QFormerForPretraining, build_qformer_pretraining
 from qformer_pretraining.bert_init import bert_parameter_map
 from qformer_pretraining.masks import attention_pattern
 from qformer_pretraining.objectives import sample_hard_negatives
 from qformer_pretraining.retrieval import recall_at_k
-from tiny_vlm import build_tiny_bert, build_tiny_vlm
 
 
 PAIRS = [

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 import training.loop
+from models.tiny import build_tiny_vlm
 from tiny_runs import saved_weights, tiny_args
-from tiny_vlm import build_tiny_vlm
 from training import train
 from training.checkpointing import latest_checkpoint
 from training.integrity import FROZEN_WEIGHTS_NAME, MANIFEST_NAME, CheckpointError, write_manifest

@@ -2,9 +2,9 @@
 
 import pytest
 
-from caption_data import make_shapes_dataset
+from data.captions import make_shapes_dataset
+from models.tiny import build_tiny_vlm
 from tiny_runs import tiny_args
-from tiny_vlm import build_tiny_vlm
 from training import train
 from training.data import CaptionCollator
 

@@ -16,10 +16,10 @@ from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from caption_data import make_shapes_dataset
+from data.captions import make_shapes_dataset
 from modeling_vlm import VLMForConditionalGeneration
+from models.tiny import build_tiny_vlm
 from tiny_runs import assert_same_weights, caption_inputs, saved_weights, tiny_args
-from tiny_vlm import build_tiny_vlm
 from training import train, training_step
 from training.checkpointing import latest_checkpoint
 from training.data import CaptionCollator, build_eval_set

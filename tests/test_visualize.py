@@ -9,8 +9,8 @@ import PIL.ImageFont
 import pytest
 import torch
 
-from caption_data import make_shapes_dataset
-from visualize import (
+from data.captions import make_shapes_dataset
+from evaluation.visualize import (
     ATTENTION_TILE,
     BACKGROUND,
     COLOUR_BAR_AREA,

@@ -5,8 +5,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from caption_data import make_shapes_dataset
-from captioning import caption_messages
+from data.captions import make_shapes_dataset
+from evaluation.captioning import caption_messages
 from training import VLMTrainingArguments
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from captioning import CAPTION_PROMPT
 from configuration_vlm import FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
+from evaluation.captioning import CAPTION_PROMPT
 
 
 FREEZE_STAGES = ("align", "finetune", "lora")
@@ -40,7 +40,7 @@ class VLMTrainingArguments:
     # Model source: exactly one of `model: tiny`, `vision_model` + `text_model`, or `model_name_or_path` (Q-Former
     # stage 1: `model: tiny` or `vision_model`, with `bert_model`).
     model: str | None = field(
-        default=None, metadata={"help": '"tiny": random tiny towers built offline (tiny_vlm.py).'}
+        default=None, metadata={"help": '"tiny": random tiny towers built offline (models/tiny.py).'}
     )
     vision_model: str | None = field(default=None, metadata={"help": "Vision tower: Hub id or directory (SigLIP)."})
     text_model: str | None = field(default=None, metadata={"help": "Language model: Hub id or directory (Qwen2.5)."})

@@ -8,9 +8,9 @@ The projector comparison: one training run after the other, and the table that s
 import os
 from dataclasses import replace
 
-from caption_metrics import CIDER_SCALE_NOTE
 from configuration_vlm import PROJECTOR_TYPES
-from markdown_tables import format_score, markdown_table
+from evaluation.caption_metrics import CIDER_SCALE_NOTE
+from evaluation.markdown_tables import format_score, markdown_table
 
 from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .loop import train

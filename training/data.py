@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from caption_data import load_captions, open_image, readable_rows
-from captioning import CAPTION_PROMPT, caption_messages, caption_prompt
+from data.captions import load_captions, open_image, readable_rows
+from evaluation.captioning import CAPTION_PROMPT, caption_messages, caption_prompt
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
@@ -178,7 +178,7 @@ class RunData:
 
 
 def load_split(args: VLMTrainingArguments, split: str, max_samples: int | None) -> Dataset:
-    """One split of the run's dataset, with the columns of `caption_data.CAPTION_FEATURES`."""
+    """One split of the run's dataset, with the columns of `data.captions.CAPTION_FEATURES`."""
     return load_captions(
         args.dataset,
         split,

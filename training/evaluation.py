@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from caption_metrics import score_captions
-from captioning import generate_captions
+from evaluation.caption_metrics import score_captions
+from evaluation.captioning import generate_captions
 from processing_vlm import IGNORE_INDEX, VLMProcessor
 
 from .data import EvalSet

@@ -17,7 +17,7 @@ from datasets import Image as ImageFeature
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from caption_data import open_image
+from data.captions import open_image
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 

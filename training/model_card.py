@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from caption_data import KARPATHY_SOURCE
-from markdown_tables import format_score, markdown_table
+from data.captions import KARPATHY_SOURCE
+from evaluation.markdown_tables import format_score, markdown_table
 from qformer_pretraining.retrieval import RECALL_KS
 
 from .arguments import VLMTrainingArguments

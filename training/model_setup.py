@@ -17,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer, get_scheduler
 
 from configuration_vlm import VLMConfig
 from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower
+from models.tiny import build_tiny_bert, build_tiny_vlm
 from processing_vlm import VLMProcessor
 from qformer_pretraining import (
     QFormerForPretraining,
@@ -27,7 +28,6 @@ from qformer_pretraining import (
     vlm_qformer_settings,
 )
 from qformer_pretraining.building import SHAPE_SETTINGS
-from tiny_vlm import build_tiny_bert, build_tiny_vlm
 
 from .arguments import DEFAULT_BERT, QFORMER_STAGE1, VLMTrainingArguments
 

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from caption_data import readable_rows
+from data.captions import readable_rows
 from qformer_pretraining import QFormerForPretraining, QFormerPretrainingProcessor
 
 from .arguments import VLMTrainingArguments

@@ -1,5 +1,5 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
-"""🤗 Evaluate wrapper of the COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr) of `caption_metrics.py`."""
+"""🤗 Evaluate wrapper of the COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr) of the repository."""
 
 import datasets
 import evaluate
@@ -8,17 +8,17 @@ import evaluate
 # `evaluate.load` copies this script into its modules cache (~/.cache/huggingface/modules/evaluate_modules/...) and
 # imports it from there, so paths relative to this file no longer lead to the repository; the only other files it
 # copies along are siblings named in top-level relative imports (`from .x import y`), and `caption_metrics.py` is not
-# a sibling. The scoring code therefore comes from the repository's top-level `caption_metrics` module (which needs
+# a sibling. The scoring code therefore comes from the repository's `evaluation.caption_metrics` module (which needs
 # pycocoevalcap and Java, not torch), importable once the repository is installed (`pip install -e .`) or on
-# PYTHONPATH. This keeps a single copy of the code, so `caption_metrics.JavaNotFoundError` raised here is the class
-# callers catch. The import is indented on purpose: evaluate scans top-level import lines only and would turn a
-# failure into a misleading "pip install caption_metrics" hint.
+# PYTHONPATH. This keeps a single copy of the code, so `evaluation.caption_metrics.JavaNotFoundError` raised here is
+# the class callers catch. The import is indented on purpose: evaluate scans top-level import lines only and would turn
+# a failure into a misleading "pip install evaluation" hint.
 try:
-    from caption_metrics import score_captions
+    from evaluation.caption_metrics import score_captions
 except ImportError as error:
     raise ImportError(
-        "The coco_caption metric imports `score_captions` from the repository's `caption_metrics.py`: install the "
-        "repository with `pip install -e .` from its root, or put the root on PYTHONPATH."
+        "The coco_caption metric imports `score_captions` from the repository's `evaluation/caption_metrics.py`: "
+        "install the repository with `pip install -e .` from its root, or put the root on PYTHONPATH."
     ) from error
 
 

@@ -25,15 +25,15 @@ import PIL.ImageOps
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from attention_maps import (
+from .attention_maps import (
     PROJECTORS_WITH_ATTENTION_MAPS,
     attending_layers,
     cross_attention_maps,
     projector_attention_maps,
     saliency_map,
 )
-from caption_metrics import CIDER_SCALE_NOTE
-from markdown_tables import format_score
+from .caption_metrics import CIDER_SCALE_NOTE
+from .markdown_tables import format_score
 
 
 GALLERY_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")

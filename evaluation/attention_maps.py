@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
-from captioning import caption_messages
+from .captioning import caption_messages
 
 
 PROJECTORS_WITH_ATTENTION_MAPS = ("qformer", "perceiver")

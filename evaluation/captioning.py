@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from tiny_vlm import build_tiny_vlm
+from models.tiny import build_tiny_vlm
 
 
 CAPTION_PROMPT = "Describe the image briefly."

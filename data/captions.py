@@ -29,7 +29,8 @@ import PIL.ImageOps
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 
 from processing_vlm import to_rgb_image
-from shapes_data import random_shapes_example
+
+from .shapes import random_shapes_example
 
 
 CAPTION_FEATURES = Features(

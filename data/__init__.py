@@ -1,0 +1,1 @@
+"""The datasets: image-caption sets (COCO-Karpathy, any image-caption set, the offline synthetic shapes)."""
