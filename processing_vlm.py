@@ -17,21 +17,31 @@ ASSISTANT_HEADER = "<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
 
 
-def make_chat_template(image_token: str = "<image>") -> str:
-    """Qwen2.5's ChatML template, where an `{"type": "image"}` content part becomes `image_token`."""
+def make_chat_template(image_token: str = "<image>", mark_answers: bool = False) -> str:
+    """
+    Qwen2.5's ChatML template, where an `{"type": "image"}` content part becomes `image_token`. With `mark_answers`,
+    each assistant answer and its end-of-turn token are wrapped in `{% generation %}` markers (the same text), so that
+    `return_assistant_tokens_mask=True` tells which tokens a model trains on.
+    """
+    content = (
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{%- for part in message['content'] %}"
+        f"{{%- if part['type'] == 'image' %}}{{{{- '{image_token}' }}}}"
+        "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
+        "{%- endfor %}{%- endif %}"
+    )
+    turn = content + "{{- '<|im_end|>\\n' }}"
+    if mark_answers:
+        answer = "{%- generation %}" + content + "{{- '<|im_end|>' }}{%- endgeneration %}{{- '\\n' }}"
+        turn = "{%- if message['role'] == 'assistant' %}" + answer + "{%- else %}" + turn + "{%- endif %}"
     return (
         "{%- for message in messages %}"
         "{%- if loop.first and message['role'] != 'system' %}"
         "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
         "{%- endif %}"
         "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-        "{%- if message['content'] is string %}{{- message['content'] }}"
-        "{%- else %}{%- for part in message['content'] %}"
-        f"{{%- if part['type'] == 'image' %}}{{{{- '{image_token}' }}}}"
-        "{%- elif part['type'] == 'text' %}{{- part['text'] }}{%- endif %}"
-        "{%- endfor %}{%- endif %}"
-        "{{- '<|im_end|>\\n' }}"
-        "{%- endfor %}"
+        + turn
+        + "{%- endfor %}"
         "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
     )
 

@@ -21,7 +21,6 @@ skip unreadable images reads the raw column instead and decodes it with [`open_i
 
 import io
 import os
-import random
 from collections.abc import Iterator
 
 import PIL.Image
@@ -30,7 +29,7 @@ from datasets import Dataset, Features, Image, List, Value, load_dataset
 
 from processing_vlm import to_rgb_image
 
-from .shapes import random_shapes_example
+from .shapes import shapes_image_id, shapes_scenes
 
 
 CAPTION_FEATURES = Features(
@@ -61,9 +60,9 @@ def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, sp
     """
     Generates a synthetic captioning dataset of one or two coloured shapes on a plain background, fully offline.
 
-    Each image holds a circle, square, triangle, star or cross of one of `shapes_data.SHAPE_COLORS`, small or large,
+    Each image holds a circle, square, triangle, star or cross of one of `data.shapes.SHAPE_COLORS`, small or large,
     on the left, right, top, bottom or centre of a black, gray or white background, or two such shapes at opposite
-    positions. It comes with `shapes_data.CAPTIONS_PER_SHAPES_IMAGE` distinct reference captions (lower case, ending
+    positions. It comes with `data.shapes.CAPTIONS_PER_SHAPES_IMAGE` distinct reference captions (lower case, ending
     with a period), e.g. `"a big red circle on the left."` and `"there is a red circle in the left part of the
     image."`, which all name every shape with its colour and shape word.
 
@@ -84,14 +83,12 @@ def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, sp
     Returns:
         `datasets.Dataset`: the dataset with the columns of `CAPTION_FEATURES`, the images stored as PNG bytes.
     """
-    # String seeds are hashed with SHA-512 by `random.Random`, so streams are stable across processes and platforms.
-    rng = random.Random(f"shapes/{split}/{seed}")
-    examples = [random_shapes_example(rng, image_size) for _ in range(num_images)]
+    scenes = shapes_scenes(num_images, seed=seed, image_size=image_size, split=split)
     return Dataset.from_dict(
         {
-            "image_id": [f"shapes-{split}-{index:05d}" for index in range(num_images)],
-            "image": [{"bytes": png, "path": None} for png, _ in examples],
-            "captions": [captions for _, captions in examples],
+            "image_id": [shapes_image_id(split, index) for index in range(num_images)],
+            "image": [{"bytes": scene.png, "path": None} for scene in scenes],
+            "captions": [scene.captions for scene in scenes],
         },
         features=CAPTION_FEATURES,
         split=split,

@@ -1,13 +1,15 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
 The synthetic shapes captioning data, drawn offline: one or two coloured shapes on a plain background, with reference
-captions that name every shape with its colour, size and position. `caption_data.make_shapes_dataset` turns a stream
-of these examples into a 🤗 Dataset.
+captions that name every shape with its colour, size and position, and the ground truth of each scene (what is where),
+from which `data.shapes_vqa` asks its questions. `data.captions.make_shapes_dataset` turns a split of these scenes
+into a 🤗 Dataset.
 """
 
 import io
 import math
 import random
+from dataclasses import dataclass
 
 import PIL.Image
 import PIL.ImageDraw
@@ -110,10 +112,21 @@ def _describe(objects: list[dict[str, str]], background: str, template: str, rng
     return template.format(scene=" and ".join(clauses), background=background)
 
 
-def random_shapes_example(rng: random.Random, image_size: int) -> tuple[bytes, list[str]]:
+@dataclass
+class ShapesScene:
+    """One synthetic image and what it shows: its PNG bytes, its background colour and its objects (dicts with
+    `shape`, `color`, `size` and `position`, in drawing order), and its reference captions."""
+
+    png: bytes
+    background: str
+    objects: list[dict[str, str]]
+    captions: list[str]
+
+
+def random_shapes_scene(rng: random.Random, image_size: int) -> ShapesScene:
     """
-    One example drawn from `rng`: the PNG bytes of an `image_size` x `image_size` image holding one shape, or two at
-    opposite positions, and its `CAPTIONS_PER_SHAPES_IMAGE` distinct references.
+    One scene drawn from `rng`: an `image_size` x `image_size` image holding one shape, or two at opposite positions,
+    and its `CAPTIONS_PER_SHAPES_IMAGE` distinct references.
     """
     background = rng.choice(list(BACKGROUND_COLORS))
     if rng.random() < 0.5:
@@ -145,4 +158,20 @@ def random_shapes_example(rng: random.Random, image_size: int) -> tuple[bytes, l
     image.save(buffer, format="PNG")
 
     templates = rng.sample(CAPTION_TEMPLATES, CAPTIONS_PER_SHAPES_IMAGE)
-    return buffer.getvalue(), [_describe(objects, background, template, rng) for template in templates]
+    captions = [_describe(objects, background, template, rng) for template in templates]
+    return ShapesScene(buffer.getvalue(), background, objects, captions)
+
+
+def shapes_scenes(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> list[ShapesScene]:
+    """
+    The scenes of the synthetic split `split`: they depend on `(num_images, seed, image_size, split)` only, each split
+    draws from its own random stream, and a smaller `num_images` gives a prefix of a larger one.
+    """
+    # String seeds are hashed with SHA-512 by `random.Random`, so streams are stable across processes and platforms.
+    rng = random.Random(f"shapes/{split}/{seed}")
+    return [random_shapes_scene(rng, image_size) for _ in range(num_images)]
+
+
+def shapes_image_id(split: str, index: int) -> str:
+    """The image id of the `index`-th scene of `split`, shared by its captions, questions and conversations."""
+    return f"shapes-{split}-{index:05d}"

@@ -24,6 +24,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from .scoring_inputs import check_same_ids
+
 
 COCO_CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 """The keys of the dictionary returned by [`score_captions`], in order."""
@@ -159,39 +161,11 @@ def score_captions(
     return {name: float(value) for name, value in zip(COCO_CAPTION_METRICS, values, strict=True)}
 
 
-def _preview(ids: list[Hashable], limit: int = 5) -> str:
-    shown = ", ".join(repr(image_id) for image_id in ids[:limit])
-    return shown if len(ids) <= limit else f"{shown}, ... ({len(ids)} in total)"
-
-
 def _validate_captions(
     predictions: Mapping[Hashable, str], references: Mapping[Hashable, str | Sequence[str]]
 ) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
     """Check the inputs of [`score_captions`] and return them as `(res, gts)`: one list of captions per id."""
-    for name, mapping in (("predictions", predictions), ("references", references)):
-        if not isinstance(mapping, Mapping):
-            raise ValueError(
-                f"`{name}` must be a mapping from id to caption(s), got {type(mapping).__name__}. For lists, pass "
-                f"`dict(enumerate({name}))`."
-            )
-        if not mapping:
-            raise ValueError(f"`{name}` is empty: pass at least one id with its caption(s).")
-    only_predicted = [image_id for image_id in predictions if image_id not in references]
-    only_referenced = [image_id for image_id in references if image_id not in predictions]
-    if only_predicted or only_referenced:
-        problems = []
-        if only_predicted:
-            problems.append(
-                f"{len(only_predicted)} id(s) have a prediction but no reference: {_preview(only_predicted)}"
-            )
-        if only_referenced:
-            problems.append(
-                f"{len(only_referenced)} id(s) have references but no prediction: {_preview(only_referenced)}"
-            )
-        raise ValueError(
-            f"`predictions` and `references` must have the same ids; {'; '.join(problems)}. Score exactly the ids "
-            "you have both for (ids are compared as they are: 1 and '1' are different ids)."
-        )
+    check_same_ids(predictions, references, "predictions", "references", "caption(s)")
     res, gts = {}, {}
     for image_id, prediction in predictions.items():
         if not isinstance(prediction, str):

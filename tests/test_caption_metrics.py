@@ -165,10 +165,10 @@ def test_stuck_meteor_is_killed_instead_of_hanging(monkeypatch):
 
 
 def test_mismatched_ids_are_listed():
-    with pytest.raises(ValueError, match=r"prediction but no reference: 'extra'") as error:
+    with pytest.raises(ValueError, match=r"1 id\(s\) are not in `references`: 'extra'") as error:
         score_captions({1: "a", "extra": "b"}, {1: ["a"], 7: ["c"], 8: ["d"]})
-    assert "references but no prediction: 7, 8" in str(error.value)
-    with pytest.raises(ValueError, match=r"9 id\(s\) have references but no prediction: 1, 2, 3, 4, 5, \.\.\. \(9 in"):
+    assert "2 id(s) of `references` are missing from it: 7, 8" in str(error.value)
+    with pytest.raises(ValueError, match=r"9 id\(s\) of `references` are missing from it: 1, 2, 3, 4, 5, \.\.\. \(9"):
         score_captions({0: "a"}, {image_id: ["a"] for image_id in range(10)})
     with pytest.raises(ValueError, match="1 and '1' are different ids"):
         score_captions({1: "a"}, {"1": ["a"]})
