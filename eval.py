@@ -1,13 +1,23 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
-Evaluate captioning models: caption a dataset with each `--model` (batched greedy decoding, KV cache), score the
-captions with the standard COCO caption metrics, and write predictions, metrics, a comparison table and, on request,
-attention / saliency maps and a caption gallery. A `--model` path or `--image_root` that does not exist, an unknown
-`tiny:` projector, or a dataset that cannot give captions ends the command with a message (exit status 2) before
-any model is loaded.
+Evaluate models, each `--model` in turn (batched greedy decoding, KV cache), on one `--task`:
+
+- `caption` (default): caption a dataset and score the captions with the standard COCO caption metrics; on request
+  attention / saliency maps and a caption gallery;
+- `vqa`: answer VQAv2-style questions with LLaVA-1.5's short-answer prompt, scored with VQAv2's accuracy (overall, per
+  answer type in the table, per question type too in the metrics file);
+- `pope`: answer POPE's object-existence questions, scored per split (random, popular, adversarial) with accuracy,
+  precision, recall, F1 and the yes-ratio of the answers.
+
+Each writes predictions, metrics and a comparison table. A `--model` path or `--image_root` that does not exist, an
+unknown `tiny:` projector, or a dataset that cannot give the task's samples ends the command with a message (exit
+status 2) before any model is loaded.
 
     python eval.py --model user/vlm-mlp --model user/vlm-perceiver --dataset coco-karpathy --image_root /data/coco
+    python eval.py --model user/vlm-mlp --task vqa --dataset vqav2 --split validation --max_samples 5000
+    python eval.py --model user/vlm-mlp --task pope --dataset pope
     python eval.py --model tiny:mlp --dataset shapes --split test --max_samples 20 --gallery      # offline
+    python eval.py --model tiny:mlp --task vqa --dataset shapes --max_samples 50                  # offline
 """
 
 import argparse
@@ -24,30 +34,50 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from configuration_vlm import PROJECTOR_TYPES
 from data.captions import CaptionDataError, load_captions, readable_samples
+from data.questions import load_pope_questions, load_vqa_questions
+from data.vqa_benchmarks import POPE_SPLITS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
 from evaluation.captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
 from evaluation.markdown_tables import markdown_table
+from evaluation.question_answering import DEFAULT_MAX_ANSWER_TOKENS, answers_table, evaluate_pope, evaluate_vqa
 from evaluation.visualize import save_model_picture, write_gallery
+from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
 
 
 TABLE_COLUMNS = (
     "model", "projector", "fusion", "image tokens", "parameters", "bridge parameters", "BLEU-4", "METEOR", "ROUGE-L",
     "CIDEr", "captions/s",
 )  # fmt: skip
+VQA_ANSWER_TYPES = ("yes/no", "number", "other")
+QUESTION_TABLE_COLUMNS = {
+    "vqa": ("accuracy", *(f"answer_type/{kind}" for kind in VQA_ANSWER_TYPES)),
+    "pope": tuple(f"{split}/{metric}" for split in POPE_SPLITS for metric in ("accuracy", "f1", "yes_ratio")),
+}
+"""The metrics each question task shows in its table (all of them are in `metrics_<model>.json`)."""
+TASKS = ("caption", "vqa", "pope")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="directory, Hub id, or tiny:<projector_type>")
-    parser.add_argument("--dataset", default="shapes", help='"shapes" (offline), "coco-karpathy", or a dataset path')
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--max_samples", type=int)
+    parser.add_argument("--task", choices=TASKS, default="caption")
+    parser.add_argument(
+        "--dataset",
+        default="shapes",
+        help='"shapes" (offline, every task); captions: "coco-karpathy" or a dataset path; vqa: "vqav2" '
+        "(lmms-lab/VQAv2); pope: \"pope\" (lmms-lab/POPE); or a local copy in their schema",
+    )
+    parser.add_argument("--split", default=None, help="default: test (shapes, captions), validation (vqav2)")
+    parser.add_argument("--max_samples", type=int, help="images (caption), questions (vqa), questions per split (pope)")
     parser.add_argument("--image_root", help="COCO image root (train2014/, val2014/) for coco-karpathy")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", default="caption")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--prompt", default=CAPTION_PROMPT)
+    parser.add_argument(
+        "--max_new_tokens", type=int, help=f"default: 64 (caption), {DEFAULT_MAX_ANSWER_TOKENS} (vqa, pope)"
+    )
+    parser.add_argument("--prompt", default=CAPTION_PROMPT, help="the captioning request")
+    parser.add_argument("--answer_prompt", default=VQA_SHORT_ANSWER_PROMPT, help="the line after each question")
     parser.add_argument("--output_dir", default="eval_outputs")
     parser.add_argument("--attention_maps", action="store_true", help="PNG attention / saliency maps per image")
     parser.add_argument("--gallery", action="store_true", help="gallery.html and contact_sheet.png")
@@ -66,6 +96,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in args.model:
         if (problem := model_error(name)) is not None:
             usage_error(problem)
+    if args.split is None:
+        args.split = "validation" if args.task == "vqa" and args.dataset != "shapes" else "test"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 64 if args.task == "caption" else DEFAULT_MAX_ANSWER_TOKENS
     return args
 
 
@@ -113,10 +147,11 @@ def comparison_table(rows: list[dict]) -> str:
     return markdown_table(TABLE_COLUMNS, cells, left_aligned=2) + f"\n\n{CIDER_SCALE_NOTE}\n"
 
 
-def table_row(name: str, model: PreTrainedModel, metrics: dict[str, float], captions_per_s: float) -> dict:
+def table_row(name: str, model: PreTrainedModel, metrics: dict[str, float], rate: str, per_s: float) -> dict:
     """
     The comparison-table row of one model: its projector and fusion, image tokens in the language model's input,
-    sizes (the bridge: the projector and any cross-attention blocks), throughput and scores.
+    sizes (the bridge: the projector and any cross-attention blocks), throughput (`rate`, e.g. `"captions_per_s"`:
+    `per_s`) and scores.
     """
     bridge = [model.multi_modal_projector, model.cross_attention_blocks]
     return {
@@ -126,7 +161,7 @@ def table_row(name: str, model: PreTrainedModel, metrics: dict[str, float], capt
         "image_tokens": model.config.num_image_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "bridge_parameters": sum(p.numel() for module in bridge for p in module.parameters()),
-        "captions_per_s": captions_per_s,
+        rate: per_s,
         **metrics,
     }
 
@@ -158,6 +193,11 @@ def write_attention_maps(
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """The `python eval.py` command line; returns the table rows."""
     args = parse_args(argv)
+    return evaluate_captions(args) if args.task == "caption" else evaluate_questions(args)
+
+
+def evaluate_captions(args: argparse.Namespace) -> list[dict]:
+    """`--task caption`: every model's captions, scores, table and, on request, pictures and gallery."""
     check_java()
     try:
         dataset = load_captions(
@@ -169,8 +209,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ids, images, references, skipped = readable_samples(dataset)
     if skipped:
         print(f"skipped {skipped} unreadable images")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device, dtype = default_device()
     os.makedirs(args.output_dir, exist_ok=True)
     num_pictures = min(args.num_pictures, len(ids))
 
@@ -186,16 +225,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         slug = file_slug(name)
         summary = {"model": name, "split": args.split, "num_images": len(ids), "skipped": skipped, **metrics}
         write_model_outputs(args.output_dir, slug, ids, captions, summary)
-        rows.append(table_row(name, model, metrics, captions_per_s))
+        rows.append(table_row(name, model, metrics, "captions_per_s", captions_per_s))
         captions_by_model[name] = captions
         if args.attention_maps:
             samples = list(zip(ids, images, captions))[:num_pictures]
             write_attention_maps(model, processor, name, samples, args.output_dir)
 
-    table = comparison_table(rows)
-    with open(os.path.join(args.output_dir, "comparison.md"), "w", encoding="utf-8") as file:
-        file.write(table)
-    print(table)
+    write_table(args.output_dir, comparison_table(rows))
     if args.gallery:
         heading = f"{args.dataset}, {args.split} split: {num_pictures} of {len(ids)} images (scores on all {len(ids)})"
         write_gallery(
@@ -203,6 +239,55 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             {name: captions[:num_pictures] for name, captions in captions_by_model.items()}, heading,
             {row["model"]: row for row in rows},
         )  # fmt: skip
+    return rows
+
+
+def default_device() -> tuple[str, torch.dtype]:
+    """CUDA in bf16 when there is a GPU, else the CPU in fp32."""
+    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+def write_table(output_dir: str, table: str) -> None:
+    """Prints `table` and writes it to `output_dir/comparison.md`."""
+    with open(os.path.join(output_dir, "comparison.md"), "w", encoding="utf-8") as file:
+        file.write(table)
+    print(table)
+
+
+def load_questions(args: argparse.Namespace):
+    """The question set of `--task vqa` or `pope` (see `data.questions`); a data problem exits with its message."""
+    try:
+        if args.task == "vqa":
+            return load_vqa_questions(args.dataset, args.split, args.max_samples)
+        return load_pope_questions(args.dataset, max_samples=args.max_samples)
+    # VQABenchmarkError; a source that does not exist (FileNotFoundError) or a Hub that cannot be reached.
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
+        usage_error(f"--dataset {args.dataset}: {error}")
+
+
+def evaluate_questions(args: argparse.Namespace) -> list[dict]:
+    """`--task vqa` or `pope`: every model's answers, metrics and the comparison table."""
+    questions = load_questions(args)
+    device, dtype = default_device()
+    os.makedirs(args.output_dir, exist_ok=True)
+    evaluate = evaluate_vqa if args.task == "vqa" else evaluate_pope
+    rows = []
+    for name in args.model:
+        model, processor = load_captioning_model(name, device, dtype)
+        start = time.perf_counter()
+        metrics, answers = evaluate(
+            model, processor, questions, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            suffix=args.answer_prompt, progress=True,
+        )  # fmt: skip
+        answers_per_s = len(answers) / (time.perf_counter() - start)
+        slug = file_slug(name)
+        with open(os.path.join(args.output_dir, f"predictions_{slug}.json"), "w", encoding="utf-8") as file:
+            json.dump([{"question_id": i, "answer": a} for i, a in answers.items()], file, indent=1, ensure_ascii=False)
+        summary = {"model": name, "task": args.task, "dataset": args.dataset, "num_questions": len(answers), **metrics}
+        with open(os.path.join(args.output_dir, f"metrics_{slug}.json"), "w", encoding="utf-8") as file:
+            json.dump(summary, file, indent=2)
+        rows.append(table_row(name, model, metrics, "answers_per_s", answers_per_s))
+    write_table(args.output_dir, answers_table(rows, QUESTION_TABLE_COLUMNS[args.task]))
     return rows
 
 

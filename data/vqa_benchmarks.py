@@ -19,7 +19,7 @@ Visual question-answering benchmarks as lmms-lab publishes them on the 🤗 Hub,
 - `image_id` (`str`): the published `image_source`, e.g. `"COCO_val2014_000000310196"`.
 - `image`, `question`: as above; questions read "Is there a {object} in the image?".
 - `answer` (`str`): `"yes"` or `"no"`, lower-cased and stripped.
-- `split` (`str`): how the absent objects were sampled: `"adversarial"`, `"popular"` or `"random"`.
+- `split` (`str`): how the absent objects were sampled: `"random"`, `"popular"` or `"adversarial"`.
 
 Published schemas, as the dataset cards, the Hub file trees and the lmms-eval tasks that load them give them:
 
@@ -281,7 +281,7 @@ def load_pope(
     Loads POPE (object hallucination: yes/no questions on COCO images) in the schema of `POPE_FEATURES`.
 
     Args:
-        splits (`Sequence[str]`, *optional*, defaults to `("adversarial", "popular", "random")`):
+        splits (`Sequence[str]`, *optional*, defaults to `("random", "popular", "adversarial")`):
             The POPE splits to load, in the order of the returned rows; one name alone is accepted too.
         max_samples (`int`, *optional*):
             Keep only the first `max_samples` questions of each requested split (deterministic, no shuffling), so

@@ -46,17 +46,35 @@ def generate_captions(
     Greedy captions of `images`, generated in batches (left padding, KV cache), one string per image. The images go
     to the model's device and dtype; a lazily decoded `datasets` column is read one batch at a time.
     """
-    text = caption_prompt(processor, prompt)
-    captions = []
-    for start in tqdm(range(0, len(images), batch_size), desc="captioning", disable=not progress):
+    texts = [caption_prompt(processor, prompt)] * len(images)
+    return generate_replies(model, processor, images, texts, batch_size, max_new_tokens, "captioning", progress)
+
+
+def generate_replies(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence,
+    texts: Sequence[str],
+    batch_size: int,
+    max_new_tokens: int,
+    description: str = "generating",
+    progress: bool = False,
+) -> list[str]:
+    """
+    The greedy replies to chat-formatted `texts`, each holding one image token for its image of `images` (in order),
+    generated in batches (left padding, KV cache) on the model's device and dtype; stripped of surrounding spaces.
+    """
+    replies = []
+    for start in tqdm(range(0, len(images), batch_size), desc=description, disable=not progress):
         chunk = list(images[start : start + batch_size])
-        inputs = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt").to(model.device)
+        inputs = processor(images=chunk, text=list(texts[start : start + len(chunk)]), return_tensors="pt")
+        inputs = inputs.to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         with torch.inference_mode():
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        captions += [caption.strip() for caption in processor.batch_decode(new_tokens, skip_special_tokens=True)]
-    return captions
+        replies += [reply.strip() for reply in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+    return replies
 
 
 def load_captioning_model(
