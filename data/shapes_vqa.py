@@ -119,22 +119,39 @@ def make_shapes_vqa(num_images: int, seed: int = 0, split: str = "test", image_s
 
 
 def make_shapes_conversations(
-    num_images: int, answer_prompt: str, seed: int = 0, split: str = "train", image_size: int = 64
+    num_images: int,
+    answer_prompt: str,
+    seed: int = 0,
+    split: str = "train",
+    image_size: int = 64,
+    turns: int = 3,
 ) -> Dataset:
     """
-    Each of the first `num_images` scenes of `split` as one conversation (`CONVERSATION_FEATURES`, id = the image
-    id): the image, then its [`scene_questions`] asked one after the other, each followed by `answer_prompt` on a
-    line of its own (LLaVA-1.5's short-answer suffix) and answered by the most common human answer.
+    The [`scene_questions`] of the first `num_images` scenes of `split` as multi-turn, multi-image conversations
+    (`CONVERSATION_FEATURES`): the questions of all scenes shuffled and dealt `turns` to a conversation, each turn a
+    scene's image and one question about it, followed by `answer_prompt` on a line of its own (LLaVA-1.5's short-answer
+    suffix), answered by the most common human answer. Questions about one scene never share a conversation: one
+    would give another's answer away (and a model would learn to read it off the text instead of the image).
     """
     rng = _question_rng("conversations", split, seed)
+    scenes = shapes_scenes(num_images, seed, image_size, split)
+    questions = [scene_questions(scene, rng) for scene in scenes]
+    for scene_questions_ in questions:
+        rng.shuffle(scene_questions_)
     rows = []
-    for index, scene in enumerate(shapes_scenes(num_images, seed, image_size, split)):
-        messages = []
-        for turn, (question, answers, _) in enumerate(scene_questions(scene, rng)):
-            content = [text_part(f"{question}\n{answer_prompt}")]
-            messages.append({"role": "user", "content": [image_part(), *content] if turn == 0 else content})
-            messages.append({"role": "assistant", "content": [text_part(Counter(answers).most_common(1)[0][0])]})
-        rows.append((shapes_image_id(split, index), [{"bytes": scene.png, "path": None}], messages))
+    # Round k deals every scene's k-th question: within a round each scene appears once.
+    for round_ in range(len(QUESTION_TYPES)):
+        order = list(range(len(scenes)))
+        rng.shuffle(order)
+        for start in range(0, len(order), turns):
+            group = order[start : start + turns]
+            messages = []
+            for index in group:
+                question, answers, _ = questions[index][round_]
+                messages.append({"role": "user", "content": [image_part(), text_part(f"{question}\n{answer_prompt}")]})
+                messages.append({"role": "assistant", "content": [text_part(Counter(answers).most_common(1)[0][0])]})
+            images = [{"bytes": scenes[index].png, "path": None} for index in group]
+            rows.append((f"shapes-qa-{split}-{len(rows):05d}", images, messages))
     return conversation_dataset(rows)
 
 

@@ -45,39 +45,53 @@ def answer_questions(
     return generate_replies(model, processor, images, texts, batch_size, max_new_tokens, "answering", progress)
 
 
-def evaluate_vqa(
-    model: PreTrainedModel, processor: ProcessorMixin, questions: Dataset, **generation
-) -> tuple[dict[str, float], dict[str, str]]:
+def question_keys(questions: Dataset) -> list[str]:
+    """Each question's key: its `question_id`, or for POPE (ids unique within a split) `"<split>/<question_id>"`."""
+    if "split" in questions.column_names:
+        return [f"{split}/{question_id}" for split, question_id in zip(questions["split"], questions["question_id"])]
+    return list(questions["question_id"])
+
+
+def score_vqa_answers(questions: Dataset, predictions: dict[str, str]) -> dict[str, float]:
     """
-    The VQA accuracy of `model` on `questions` (`VQA_FEATURES`): `accuracy`, `question_type/<type>` and
-    `answer_type/<type>`, and the answers `{question_id: answer}`. `generation` goes to [`answer_questions`].
+    VQA accuracy of `predictions` `{question_id: answer}` on `questions` (`VQA_FEATURES`): `accuracy`,
+    `question_type/<type>` and `answer_type/<type>`.
     """
     ids = questions["question_id"]
-    predictions = dict(zip(ids, answer_questions(model, processor, questions, **generation)))
     references = dict(zip(ids, questions["answers"]))
     metrics = {"accuracy": score_vqa(predictions, references)["accuracy"]}
     for column in ("question_type", "answer_type"):
         by_type = score_vqa(predictions, references, dict(zip(ids, questions[column])))
         metrics.update({f"{column}/{key[len('accuracy/') :]}": v for key, v in by_type.items() if key != "accuracy"})
-    return metrics, predictions
+    return metrics
 
 
-def evaluate_pope(
-    model: PreTrainedModel, processor: ProcessorMixin, questions: Dataset, **generation
-) -> tuple[dict[str, float], dict[str, str]]:
-    """
-    POPE's metrics of `model` on `questions` (`POPE_FEATURES`), per split: `<split>/<metric>` for each of
-    `POPE_METRICS`; and the answers `{"<split>/<question_id>": answer}` (POPE's ids are unique within a split).
-    """
-    keys = [f"{split}/{question_id}" for split, question_id in zip(questions["split"], questions["question_id"])]
-    predictions = dict(zip(keys, answer_questions(model, processor, questions, **generation)))
+def score_pope_answers(questions: Dataset, predictions: dict[str, str]) -> dict[str, float]:
+    """POPE's metrics of `predictions` (keyed by [`question_keys`]) on `questions`, per split: `<split>/<metric>`."""
+    keys = question_keys(questions)
     labels = dict(zip(keys, questions["answer"]))
     metrics = {}
     for split in dict.fromkeys(questions["split"]):
         in_split = [key for key in keys if key.startswith(f"{split}/")]
         scores = score_pope({key: predictions[key] for key in in_split}, {key: labels[key] for key in in_split})
         metrics.update({f"{split}/{name}": scores[name] for name in POPE_METRICS})
-    return metrics, predictions
+    return metrics
+
+
+def evaluate_vqa(
+    model: PreTrainedModel, processor: ProcessorMixin, questions: Dataset, **generation
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The answers of `model` to `questions` (`VQA_FEATURES`) and their [`score_vqa_answers`]."""
+    predictions = dict(zip(question_keys(questions), answer_questions(model, processor, questions, **generation)))
+    return score_vqa_answers(questions, predictions), predictions
+
+
+def evaluate_pope(
+    model: PreTrainedModel, processor: ProcessorMixin, questions: Dataset, **generation
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The answers of `model` to `questions` (`POPE_FEATURES`), keyed by [`question_keys`], and their scores."""
+    predictions = dict(zip(question_keys(questions), answer_questions(model, processor, questions, **generation)))
+    return score_pope_answers(questions, predictions), predictions
 
 
 def answers_table(rows: list[dict], metrics: list[str] | tuple[str, ...]) -> str:

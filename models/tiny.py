@@ -95,6 +95,18 @@ def _training_corpus() -> list[str]:
             for size, place in zip(sizes, places):
                 lines.append(f"A {size} {colour} {shape} {place} of the image.")
                 lines.append(f"There is a {colour} {shape} {place}; it is {size}.")
+    # The questions of `data.shapes_vqa` and LLaVA-1.5's short-answer prompt, with their answers.
+    relations = ["to the left of", "to the right of", "above", "below"]
+    for colour, shape, relation in zip(colours * 4, shapes * 4, relations * 10):
+        lines += [
+            f"Is there a {colour} {shape} in the image? yes no",
+            f"What color is the {shape}? What shape is the {colour} object? Where is the {colour} {shape}?",
+            f"Is the {colour} {shape} {relation} the {shape}? How many shapes are there in the image? 0 1 2 3",
+        ]
+    lines += ["Answer the question using a single word or phrase."] * 20
+    # Short answers open the assistant's turn, with no space before them: "red", not " red".
+    answers = [*colours, *shapes, "left", "right", "top", "bottom", "centre", "center", "middle", "yes", "no"]
+    lines += answers * 20
     return lines
 
 

@@ -78,7 +78,8 @@ def generate_until_like_lmms_eval(model, processor, tokenizer, docs, padding_sid
 @pytest.fixture(scope="module")
 def docs_and_answers():
     red, blue = Image.new("RGB", (48, 40), (220, 30, 30)), Image.new("RGB", (32, 64), (20, 40, 230))
-    docs = [(red, COCO_PROMPT), (blue, "Which colour fills this picture, from top to bottom? Answer briefly.")]
+    question = "Which colour fills this picture, from its top to its bottom? Answer in a word."
+    docs = [(red, COCO_PROMPT), (blue, question)]
     return docs, ["A red box.", "Blue, all of it."]
 
 
@@ -115,7 +116,10 @@ def test_lmms_eval_chat_model_gives_batched_captions_equal_to_one_by_one(
     assert model.dtype == torch.bfloat16
     answers, inputs = generate_until_like_lmms_eval(model, processor, tokenizer, docs, padding_side_kwarg)
     assert inputs["pixel_values"].shape[0] == 2
-    assert inputs["attention_mask"][0, 0] == 0 and inputs["attention_mask"][1].all(), "the short prompt is left padded"
+    lengths = inputs["attention_mask"].sum(dim=1)
+    short = int(lengths.argmin())
+    assert lengths[0] != lengths[1], "the prompts must differ in length for padding to show"
+    assert inputs["attention_mask"][short, 0] == 0 and inputs["attention_mask"][1 - short].all(), "left padding"
     assert answers == expected
     for doc, answer in zip(docs, expected):
         assert generate_until_like_lmms_eval(model, processor, tokenizer, [doc], padding_side_kwarg)[0] == [answer]

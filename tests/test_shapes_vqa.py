@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 from datasets import Image as ImageFeature
+from datasets import List
 
 from data.captions import make_shapes_dataset
 from data.conversations import CONVERSATION_FEATURES, check_conversation
@@ -135,16 +136,23 @@ def test_popular_and_adversarial_negatives_follow_the_training_statistics(pope):
     assert len(set(random_negatives)) > len(random_negatives) // 2  # drawn, not fixed
 
 
-def test_the_training_conversations_ask_every_question_with_the_short_answer_prompt():
+def test_the_training_conversations_ask_every_question_once_each_turn_about_another_scene():
     prompt = "Answer the question using a single word or phrase."
-    conversations = make_shapes_conversations(20, prompt, seed=3, split="train")
+    conversations = make_shapes_conversations(20, prompt, seed=3, split="train", turns=3)
     assert conversations.features == CONVERSATION_FEATURES
-    assert conversations["id"] == make_shapes_dataset(20, seed=3, split="train")["image_id"]
     scenes = shapes_scenes(20, seed=3, split="train")
-    for row, scene in zip(conversations, scenes):
+    scene_of = {scene.png: index for index, scene in enumerate(scenes)}
+    asked = Counter()
+    raw = conversations.cast_column("images", List(ImageFeature(decode=False)))
+    for row in raw:
         check_conversation(row["id"], row["messages"], len(row["images"]))
-        assert len(row["messages"]) == 2 * len(QUESTION_TYPES)
-        for user, assistant in zip(row["messages"][::2], row["messages"][1::2]):
-            question, suffix = user["content"][-1]["text"].split("\n")
+        indices = [scene_of[image["bytes"]] for image in row["images"]]
+        assert 1 <= len(indices) <= 3 and len(set(indices)) == len(indices)  # no two questions about one scene
+        for index, user, assistant in zip(indices, row["messages"][::2], row["messages"][1::2]):
+            assert user["content"][0]["type"] == "image"
+            question, suffix = user["content"][1]["text"].split("\n")
             assert suffix == prompt
-            assert assistant["content"][0]["text"] == Counter(truth(question, scene.objects)).most_common(1)[0][0]
+            expected = Counter(truth(question, scenes[index].objects)).most_common(1)[0][0]
+            assert assistant["content"][0]["text"] == expected
+            asked[index, question] += 1
+    assert len(asked) == len(QUESTION_TYPES) * 20 and set(asked.values()) == {1}

@@ -32,6 +32,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "2", "--max_new_tokens", "8",
         "--save_steps", "2", "--report_to", "none", "--output_dir", str(output_dir),
         "--feature_cache_dir", str(tmp_path / "feature_cache"), "--eval_before_training",
+        "--max_train_conversations", "16", "--max_eval_questions", "3",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     completed = subprocess.run(
@@ -40,9 +41,13 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((output_dir / "training_results.json").read_text())
     assert results["num_processes"] == 2
-    assert results["global_step"] == 4  # 64 images / (8 per process x 2 processes)
+    # 64 captions and 30 conversations (16 scenes' 80 questions, 3 to a conversation) in batches of 8 per process.
+    assert (results["num_train_images"], results["num_train_conversations"]) == (64, 30)
+    assert results["global_step"] == 6  # 47 examples per process: 6 batches of 8
     assert results["num_eval_images"] == 5 and "CIDEr" in results["final_metrics"]  # captions gathered from both
-    assert latest_checkpoint(output_dir) == str(output_dir / "checkpoint-4")
+    # The answers are gathered from both processes: every question is scored (3 VQA questions, 3 per POPE split).
+    assert "VQA/accuracy" in results["final_metrics"] and "POPE/adversarial/f1" in results["final_metrics"]
+    assert latest_checkpoint(output_dir) == str(output_dir / "checkpoint-6")
     assert (output_dir / "README.md").is_file()
     # The untrained model's validation loss over 5 images in batches of 2 per process: accelerate evens out the last
     # batches with 3 duplicates, which the evaluation leaves out; one process in one batch gives the same loss.
@@ -67,12 +72,12 @@ def test_comparison_command_prints_the_table_with_the_untrained_baseline(tmp_pat
         ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", "linear,perceiver_xattn",
          "--max_train_samples", "64", "--max_eval_samples", "8", "--num_train_epochs", "2",
          "--per_device_train_batch_size", "8", "--predict_with_generate", "false", "--report_to", "none",
-         "--save_steps", "0",
+         "--save_steps", "0", "--max_train_conversations", "8", "--max_eval_questions", "4",
          "--output_dir", str(tmp_path / "compare"), "--feature_cache_dir", str(tmp_path / "feature_cache")]
     )
     assert [(r.projector_type, r.fusion) for r in results] == [("linear", "early"), ("perceiver", "cross_attention")]
     assert [r.output_dir for r in results] == [str(tmp_path / "compare" / p) for p in ("linear", "perceiver_xattn")]
-    assert results[1].feature_cache == {"train": "hit", "eval": "hit"}
+    assert results[1].feature_cache == {"train": "hit", "eval": "hit", "conversations": "hit"}
     untrained_loss = results[0].history[0]["loss"]
     assert all(r.final_metrics["loss"] < untrained_loss for r in results)
     table = (tmp_path / "compare" / "comparison.md").read_text()
@@ -114,6 +119,14 @@ def test_shipped_configs_are_valid():
         "qformer_stage1", "google/siglip-base-patch16-224", "bert-base-uncased", None
     )
     assert stage1.metric_for_best_model == "recall_mean" and stage1.dataset == "coco-karpathy"
+    llava = {path.stem: train_accelerate.parse_args([], path) for path in CONFIGS.glob("llava_*.yaml")}
+    assert sorted(llava) == ["llava_instruct", "llava_instruct_lora"]
+    for name, args in llava.items():  # LLaVA-1.5's stage 2: one epoch over the conversations, global batch 128
+        assert args.conversations_only and args.model_name_or_path == "outputs/coco_mlp", name
+        assert (args.num_train_epochs, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (1, 128)
+        assert (args.max_length, args.mixed_precision, args.group_by_length) == (2048, "bf16", True), name
+    assert (llava["llava_instruct"].stage, llava["llava_instruct"].learning_rate) == ("finetune", 2e-5)
+    assert (llava["llava_instruct_lora"].stage, llava["llava_instruct_lora"].lora_r) == ("lora", 128)
     accelerate_configs = (CONFIGS / "accelerate").glob("*.yaml")
     kinds = {path.stem: load_config_from_file(str(path)).distributed_type for path in accelerate_configs}
     assert {name: str(kind).split(".")[-1] for name, kind in kinds.items()} == {

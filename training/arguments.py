@@ -102,7 +102,13 @@ class VLMTrainingArguments:
     )
 
     # Data.
-    dataset: str = field(default="shapes", metadata={"help": '"shapes" (offline), "coco-karpathy", or a dataset.'})
+    dataset: str = field(
+        default="shapes",
+        metadata={
+            "help": '"shapes" (offline), "coco-karpathy", or a caption dataset; or a LLaVA JSON file of '
+            "conversations (images under image_root) to train on conversations only, as LLaVA-1.5's stage 2."
+        },
+    )
     image_root: str | None = field(default=None, metadata={"help": "COCO 2014 image root for coco-karpathy."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on after every epoch."})
@@ -115,6 +121,38 @@ class VLMTrainingArguments:
     max_caption_tokens: int = field(
         default=DEFAULT_MAX_CAPTION_TOKENS,
         metadata={"help": "Training and validation captions are cut to this many tokens."},
+    )
+
+    # Conversations and questions: instruction tuning (seed 001's third stage; LLaVA-1.5's stage 2).
+    conversations: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Conversations trained on with the captions: "shapes" (each training scene\'s questions as one '
+            "multi-turn conversation), a LLaVA JSON file (images under image_root), or a messages-format dataset."
+        },
+    )
+    max_train_conversations: int | None = field(
+        default=None,
+        metadata={"help": "Train on the first N conversations only (shapes: N scenes; default: as many as captions)."},
+    )
+    skip_invalid_conversations: bool = field(
+        default=False,
+        metadata={"help": "Leave out the conversations that cannot be trained on (counted, and the first named)."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest conversation, image placeholders included; default: the LLM's positions."},
+    )
+    eval_vqa: str | None = field(
+        default=None,
+        metadata={"help": 'VQA questions answered at every evaluation: "shapes", "vqav2", or a local copy of it.'},
+    )
+    eval_pope: str | None = field(
+        default=None,
+        metadata={"help": 'POPE questions answered at every evaluation: "shapes", "pope", or a local copy of it.'},
+    )
+    max_eval_questions: int | None = field(
+        default=None, metadata={"help": "Answer the first N VQA questions (N per split for POPE) only."}
     )
 
     # Optimisation.
@@ -156,7 +194,10 @@ class VLMTrainingArguments:
     dataloader_num_workers: int = field(default=0, metadata={"help": "Worker processes that load the data."})
     group_by_length: bool = field(
         default=False,
-        metadata={"help": "Batch captions of similar length together (less padding; transformers' length grouping)."},
+        metadata={
+            "help": "Batch examples of similar length together (less padding; transformers' length grouping): "
+            "captions by length, and conversations, longer, mostly in batches of their own."
+        },
     )
 
     # Vision feature cache (frozen vision tower only).
@@ -216,9 +257,12 @@ class VLMTrainingArguments:
             )
         self.model_config = self._checked_model_config()
         self._check_loss_chunk_size()
+        self._check_conversations()
         self._check_qformer_stages()
         stage1 = self.stage == QFORMER_STAGE1
-        self.metric_for_best_model = self.metric_for_best_model or ("recall_mean" if stage1 else "CIDEr")
+        answered = "VQA/accuracy" if self.eval_vqa else None
+        default_metric = "recall_mean" if stage1 else answered if self.conversations_only else "CIDEr"
+        self.metric_for_best_model = self.metric_for_best_model or default_metric
 
     def _check_model_source(self) -> None:
         """Exactly one model source (see the field comments), and a known one."""
@@ -247,6 +291,31 @@ class VLMTrainingArguments:
                 "loss_chunk_size chunks the language model's loss, and stage qformer_stage1 has no language model: "
                 "unset it."
             )
+
+    @property
+    def conversations_only(self) -> bool:
+        """Whether the run trains on the conversations of a LLaVA JSON `dataset` (and no captions)."""
+        return self.dataset.endswith(".json")
+
+    def _check_conversations(self) -> None:
+        """
+        A conversation-only run names its data once. Stage qformer_stage1 has no language model: it leaves out the
+        conversations and question sets (so that one config serves both stages) and refuses a conversation dataset.
+        """
+        if self.conversations_only and self.conversations:
+            raise ValueError(
+                f"dataset={self.dataset!r} is a conversation file, and conversations={self.conversations!r} another: "
+                "train on one (dataset) or mix conversations into captions (a caption dataset with conversations)."
+            )
+        if self.stage == QFORMER_STAGE1:
+            if self.conversations_only:
+                raise ValueError(
+                    f"dataset={self.dataset!r} is a conversation file; stage qformer_stage1 pretrains the Q-Former on "
+                    "image-caption pairs: pass a caption dataset."
+                )
+            self.conversations = self.eval_vqa = self.eval_pope = None
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length={self.max_length} is invalid; it must be at least 1 (or unset).")
 
     def _check_qformer_stages(self) -> None:
         """Stage 1 trains a new Q-Former on a frozen tower; `qformer_init` hands one to a new `qformer` projector."""

@@ -22,6 +22,15 @@ COMPARISON_COLUMNS = (
     "best CIDEr", "final CIDEr", "final METEOR", "final val loss", "train time (s)", "samples/s",
 )  # fmt: skip
 
+QUESTION_COLUMNS = {
+    "VQA acc": "VQA/accuracy",
+    "VQA counting": "VQA/question_type/counting",
+    "VQA spatial": "VQA/question_type/spatial",
+    "POPE F1 (adv.)": "POPE/adversarial/f1",
+    "POPE yes (adv.)": "POPE/adversarial/yes_ratio",
+}
+"""The question columns of the table (when the runs answered questions) and the metric each shows."""
+
 CROSS_ATTENTION_SUFFIX = "_xattn"
 RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{CROSS_ATTENTION_SUFFIX}" for projector in PROJECTOR_TYPES))
 """The runs `--compare` knows by name: each projector with early fusion, and with cross-attention (`<name>_xattn`)."""
@@ -73,11 +82,13 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
     Markdown table of [`run_comparison`] results: the untrained baseline, then one row per captioning run with its
     fusion, its tokens per image (in the language model's sequence, and out of the projector), trainable parameters,
     optimizer steps (a Q-Former stage 1 before it counted in), best and final CIDEr, final METEOR and validation loss,
-    training time (stage 1's included) and throughput.
+    the final answers' scores when the runs answered questions (VQA accuracy overall and on counting and spatial
+    questions; POPE's F1 and yes-ratio on its adversarial split), training time (stage 1's included) and throughput.
     """
     first = next(result for result in results if result.stage != QFORMER_STAGE1)
     untrained = first.history[0]
-    rows = [_row("untrained", first, untrained.get("CIDEr"), untrained, "-", 0.0, "-")]
+    questions = {name: key for name, key in QUESTION_COLUMNS.items() if key in first.final_metrics}
+    rows = [_row("untrained", first, untrained.get("CIDEr"), untrained, "-", 0.0, "-", questions)]
     stage1 = None
     for result in results:
         if result.stage == QFORMER_STAGE1:
@@ -90,9 +101,11 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
         if stage1 is not None:
             steps, time_s = f"stage 1 {stage1.global_step} + {steps}", time_s + stage1.train_time_s
         throughput = f"{result.samples_per_second:.1f}"
-        rows.append(_row(name, result, best, result.final_metrics, steps, time_s, throughput))
+        rows.append(_row(name, result, best, result.final_metrics, steps, time_s, throughput, questions))
         stage1 = None
-    return markdown_table(COMPARISON_COLUMNS, rows, left_aligned=3) + f"\n\n{CIDER_SCALE_NOTE}\n"
+    columns = (*COMPARISON_COLUMNS[:-2], *questions, *COMPARISON_COLUMNS[-2:])
+    note = f"{CIDER_SCALE_NOTE} VQA and POPE scores are fractions in [0, 1]." if questions else CIDER_SCALE_NOTE
+    return markdown_table(columns, rows, left_aligned=3) + f"\n\n{note}\n"
 
 
 def _row(
@@ -103,10 +116,12 @@ def _row(
     steps: str,
     time_s: float,
     throughput: str,
+    questions: dict[str, str],
 ) -> list[str]:
     return [
         name, result.projector_type, result.fusion, str(result.num_image_tokens), str(result.num_visual_tokens),
         f"{result.trainable_parameters:,}", steps,
         format_score(best_cider), format_score(metrics.get("CIDEr")), format_score(metrics.get("METEOR")),
-        f"{metrics['loss']:.4f}", f"{time_s:.0f}", throughput,
+        f"{metrics['loss']:.4f}", *(format_score(metrics.get(key)) for key in questions.values()),
+        f"{time_s:.0f}", throughput,
     ]  # fmt: skip

@@ -7,7 +7,7 @@ builds the training loader and the evaluation set of a run, with the frozen towe
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -126,23 +126,27 @@ class CaptionCollator:
 
     def truncate(self, caption: str) -> str:
         """`caption` cut after a token boundary of the original text so that it has at most `max_caption_tokens`."""
-        tokenizer = self.processor.tokenizer
-        keep = self.max_caption_tokens
-        # One token more than is kept tells whether the caption is longer, without tokenizing all of it.
-        encoding = tokenizer(
-            caption, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=keep + 1
-        )
-        offsets = encoding["offset_mapping"]
-        if len(offsets) <= keep:
-            return caption
+        return truncate_caption(self.processor.tokenizer, caption, self.max_caption_tokens)
 
-        def num_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-        # A cut inside a word can re-tokenize into more pieces than the word had in the whole caption: cut earlier then.
-        while keep > 1 and num_tokens(caption[: offsets[keep - 1][1]]) > self.max_caption_tokens:
-            keep -= 1
-        return caption[: offsets[keep - 1][1]]
+def truncate_caption(tokenizer: PreTrainedTokenizerBase, caption: str, max_tokens: int) -> str:
+    """`caption` cut after a token boundary of the original text so that it has at most `max_tokens` tokens."""
+    keep = max_tokens
+    # One token more than is kept tells whether the caption is longer, without tokenizing all of it.
+    encoding = tokenizer(
+        caption, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=keep + 1
+    )
+    offsets = encoding["offset_mapping"]
+    if len(offsets) <= keep:
+        return caption
+
+    def num_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    # A cut inside a word can re-tokenize into more pieces than the word had in the whole caption: cut earlier then.
+    while keep > 1 and num_tokens(caption[: offsets[keep - 1][1]]) > max_tokens:
+        keep -= 1
+    return caption[: offsets[keep - 1][1]]
 
 
 def collate_images(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -157,24 +161,27 @@ class EvalSet:
     accelerator (each process reads its share), and `references` holds every readable image's references.
     """
 
-    loss_loader: DataLoader
-    caption_loader: DataLoader
+    loss_loader: DataLoader | None  # `None` in a conversation-only run (no captions)
+    caption_loader: DataLoader | None
     references: dict[str, list[str]]
     num_skipped_images: int
+    questions: Any = None  # `question_evaluation.QuestionEvalSet`: VQA / POPE questions answered at every evaluation
 
 
 @dataclass
 class RunData:
     """
     The data of a run: the training examples and their loader (prepared by `train()` together with the model, as
-    DeepSpeed needs), the prepared evaluation set, and the cached vision features of both splits (`None` where the
-    tower's features are not cached).
+    DeepSpeed needs), the prepared evaluation set, the cached vision features of both splits (`None` where the
+    tower's features are not cached), and how many conversations the examples hold (and which were left out).
     """
 
-    train_examples: CaptionExamples
+    train_examples: CaptionExamples  # or, with conversations, `conversation_data.MixedExamples`
     train_loader: DataLoader
     eval_set: Any  # `EvalSet`, or for Q-Former stage 1 `pair_data.RetrievalEvalSet`
     features: dict[str, VisionFeatures | None]
+    num_conversations: int = 0
+    refused_conversations: list[str] = field(default_factory=list)  # the errors of those left out
 
 
 def load_split(args: VLMTrainingArguments, split: str, max_samples: int | None) -> Dataset:
@@ -278,6 +285,14 @@ def length_grouped_sampler(
     The `group_by_length` order of `examples`: by the token length (up to `max_caption_tokens`) of the reference each
     example gives in the epoch; every reference is tokenized once, here.
     """
+    lengths_of_epoch = caption_lengths(examples, tokenizer, max_caption_tokens)
+    return EpochLengthGroupedSampler(len(examples), lengths_of_epoch, batch_size, seed * DATA_SEED_SPREAD)
+
+
+def caption_lengths(
+    examples: CaptionExamples, tokenizer: PreTrainedTokenizerBase, max_caption_tokens: int
+) -> Callable[[int], list[int]]:
+    """The token length (up to `max_caption_tokens`) of the reference each example gives in a given epoch."""
     references = [examples.captions[row] for row in examples.rows]
     token_ids = tokenizer([caption for captions in references for caption in captions], add_special_tokens=False)
     flat_lengths = [min(len(ids), max_caption_tokens) for ids in token_ids.input_ids]
@@ -289,7 +304,7 @@ def length_grouped_sampler(
     def lengths_of_epoch(epoch: int) -> list[int]:
         return [lengths[index][examples.reference_index(row, epoch)] for index, row in enumerate(examples.rows)]
 
-    return EpochLengthGroupedSampler(len(examples), lengths_of_epoch, batch_size, seed * DATA_SEED_SPREAD)
+    return lengths_of_epoch
 
 
 def check_sequences_fit(

@@ -1,8 +1,9 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
 Evaluation during training: the validation loss per labelled token and, with generation, the COCO caption metrics of
-greedy captions. Every process evaluates its share of the prepared [`~training.data.EvalSet`]; `gather_for_metrics`
-combines the shares and drops the duplicates that even out the processes' last batches.
+greedy captions and the scores of the answers to the run's questions (`question_evaluation`). Every process evaluates
+its share of the prepared [`~training.data.EvalSet`]; `gather_for_metrics` combines the shares and drops the
+duplicates that even out the processes' last batches.
 """
 
 import torch
@@ -18,6 +19,7 @@ from processing_vlm import IGNORE_INDEX, VLMProcessor
 
 from .data import EvalSet
 from .model_setup import bare_model
+from .question_evaluation import evaluate_questions
 
 
 def evaluate(
@@ -31,18 +33,23 @@ def evaluate(
 ) -> tuple[dict[str, float], dict[str, str]]:
     """
     The validation loss (per labelled token, over every process) and, with `predict_with_generate`, the COCO caption
-    metrics of greedy captions. Every process returns the same metrics; the captions `{image_id: caption}` come back
-    on the main process only.
+    metrics of greedy captions and the scores of the answers to the run's question sets (`eval_set.questions`). Every
+    process returns the same metrics; the captions `{image_id: caption}` come back on the main process only.
     """
     model.eval()
-    metrics = {"loss": validation_loss(accelerator, model, eval_set.loss_loader)}
+    metrics = {}
+    if eval_set.loss_loader is not None:  # a conversation-only run has neither captions nor a validation loss
+        metrics["loss"] = validation_loss(accelerator, model, eval_set.loss_loader)
     captions: dict[str, str] = {}
     if predict_with_generate:
-        captions = caption_images(
-            accelerator, bare_model(accelerator, model), processor, eval_set.caption_loader, max_new_tokens, prompt
-        )
-        if accelerator.is_main_process:
+        unwrapped = bare_model(accelerator, model)
+        if eval_set.caption_loader is not None:
+            loader = eval_set.caption_loader
+            captions = caption_images(accelerator, unwrapped, processor, loader, max_new_tokens, prompt)
+        if accelerator.is_main_process and captions:
             metrics.update(score_captions(captions, {i: eval_set.references[i] for i in captions}))
+        if eval_set.questions is not None:
+            metrics.update(evaluate_questions(accelerator, unwrapped, processor, eval_set.questions))
         metrics = broadcast_object_list([metrics])[0]
     model.train()
     return metrics, captions if accelerator.is_main_process else {}

@@ -24,7 +24,7 @@ from processing_vlm import VLMProcessor
 
 from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .checkpointing import Checkpointer, TrainerState
-from .data import DATA_SEED_SPREAD, EvalSet, RunData, prepare_data
+from .data import DATA_SEED_SPREAD, EvalSet, RunData
 from .evaluation import evaluate
 from .integrity import FrozenWeights
 from .model_card import push_output_dir, write_model_card, write_stage1_model_card
@@ -38,16 +38,18 @@ from .model_setup import (
     prepare_model_for_training,
 )
 from .output_dir import prepare_output_dir
-from .pair_data import RetrievalEvalSet, prepare_pair_data
+from .pair_data import RetrievalEvalSet
 from .results import (
     TrainingResults,
     bridge_description,
     bridge_fields,
     collect_results,
+    headline_metrics,
     results_summary,
     run_summary,
 )
 from .retrieval_evaluation import evaluate_retrieval
+from .run_data import prepare_run_data
 from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, training_logs
 
@@ -120,10 +122,7 @@ def train(
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_steps, args.save_total_limit, frozen)
     checkpoint = checkpointer.find(args.resume_from_checkpoint)
 
-    if args.stage == QFORMER_STAGE1:
-        data = prepare_pair_data(args, accelerator, vlm, processor)
-    else:
-        data = prepare_data(args, accelerator, vlm, processor)
+    data = prepare_run_data(args, accelerator, vlm, processor)
     num_examples = len(data.train_examples)
     optimizer, scheduler, schedule = build_optimization(model, args, num_examples, accelerator.num_processes)
     # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
@@ -344,7 +343,7 @@ def evaluate_and_record(
     record = {"epoch": epoch, "step": state.global_step, **metrics}
     state.history.append(record)
     accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.global_step)
-    accelerator.print(f"eval after epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    accelerator.print(f"eval after epoch {epoch}: {headline_metrics(metrics)}")
     if save_best:
         save_best_model(accelerator, model, processor, state, record, args.metric_for_best_model, args.output_dir)
     return captions

@@ -25,6 +25,8 @@ TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 STAGE1_TEMPLATE_PATH = Path(__file__).with_name("stage1_model_card_template.md")
 CARD_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
 """The caption metrics a model card reports, in its model-index and its table."""
+CARD_QUESTION_METRICS = ("VQA/accuracy", "POPE/random/f1", "POPE/popular/f1", "POPE/adversarial/f1")
+"""The answers' scores a model card reports (when the run answered questions), in its model-index and its table."""
 STAGE1_CARD_METRICS = (*(f"{d}_R{k}" for d in ("i2t", "t2i") for k in RECALL_KS), "recall_mean")
 """The retrieval metrics a stage-1 model card reports."""
 
@@ -39,6 +41,25 @@ def dataset_ids(dataset: str) -> list[str]:
     if dataset == "coco-karpathy":
         return [KARPATHY_SOURCE]
     return [] if dataset == "shapes" or os.path.exists(dataset) else [dataset]
+
+
+def question_eval_results(final: dict[str, float], args: VLMTrainingArguments) -> list[EvalResult]:
+    """The model-index entries of the final answers' scores: VQA accuracy, and POPE's F1 per split."""
+    results = []
+    for metric in CARD_QUESTION_METRICS:
+        if metric not in final:
+            continue
+        vqa = metric.startswith("VQA")
+        name = (args.eval_vqa if vqa else args.eval_pope) or ""
+        split = args.eval_split if vqa else metric.split("/")[1]
+        results.append(
+            EvalResult(
+                task_type="visual-question-answering", task_name="Visual question answering" if vqa else "POPE",
+                dataset_type=name, dataset_name=name, dataset_split=split, metric_type="accuracy" if vqa else "f1",
+                metric_name=metric, metric_value=round(final[metric], 4),
+            )  # fmt: skip
+        )
+    return results
 
 
 def card_eval_results(final: dict[str, float], dataset_name: str, split: str) -> list[EvalResult]:
@@ -86,7 +107,7 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
     model_name = args.push_to_hub or os.path.basename(os.path.abspath(output_dir))
     datasets = dataset_ids(args.dataset)
     dataset_name = datasets[0] if datasets else args.dataset
-    eval_results = card_eval_results(final, dataset_name, args.eval_split)
+    eval_results = card_eval_results(final, dataset_name, args.eval_split) + question_eval_results(final, args)
     base_models = base_model_ids(args.vision_model, args.text_model, args.model_name_or_path)
     card_data = ModelCardData(
         model_name=model_name,
@@ -109,7 +130,9 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
         **_results_fields(results),
         "model_name": model_name,
         "towers": towers,
-        "history_table": history_table(results.history, [m for m in ("loss", *CARD_METRICS) if m in final]),
+        "history_table": history_table(
+            results.history, [m for m in ("loss", *CARD_METRICS, *CARD_QUESTION_METRICS) if m in final]
+        ),
         "samples_table": markdown_table(("image", "a reference", "generated"), results.sample_captions),
         "config_yaml": yaml.safe_dump(asdict(args), sort_keys=False).strip(),
         "repo": args.push_to_hub or output_dir,

@@ -56,6 +56,7 @@ class TrainingResults:
     fusion: str = "early"
     num_visual_tokens: int | None = None  # projector tokens per image (the keys and values with cross-attention)
     cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
+    num_train_conversations: int = 0
 
     def save(self, output_dir: str) -> str:
         """Writes `training_results.json` into `output_dir`; returns its path."""
@@ -89,7 +90,8 @@ def collect_results(
         stage=stage,
         trainable_parameters=parameter_counts[0],
         total_parameters=parameter_counts[1],
-        num_train_images=len(data.train_examples),
+        num_train_images=len(data.train_examples) - data.num_conversations,
+        num_train_conversations=data.num_conversations,
         num_eval_images=len(references),
         skipped_train_images=state.skipped_train_images,
         skipped_eval_images=data.eval_set.num_skipped_images,
@@ -153,20 +155,35 @@ def run_summary(
     status = feature_cache_status(data.features)
     words = {"hit": "cache hit", "computed": "computed and cached"}
     cache = ", ".join(f"{name} {words[how]}" for name, how in status.items() if how is not None)
+    conversations = ""
+    if data.num_conversations:
+        conversations = f" + {data.num_conversations} conversations"
+        if data.refused_conversations:
+            conversations += f" ({len(data.refused_conversations)} left out; first: {data.refused_conversations[0]})"
+    num_images = len(data.train_examples) - data.num_conversations
     return (
         f"{bridge}, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
-        f"parameters; {len(data.train_examples)} train / {len(data.eval_set.references)} eval images; "
+        f"parameters; {num_images} train{conversations} / {len(data.eval_set.references)} eval images; "
         f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
         f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
         f"{data.eval_set.num_skipped_images}."
     )
 
 
+def headline_metrics(metrics: dict[str, float]) -> str:
+    """
+    `metrics` as a run prints them: the loss and caption metrics, VQA's overall accuracy and POPE's F1 per split
+    (the per-type and other POPE scores are logged and saved, not printed).
+    """
+    shown = {k: v for k, v in metrics.items() if k.count("/") <= 1 or (k.startswith("POPE/") and k.endswith("/f1"))}
+    return ", ".join(f"{name} {value:.4f}" for name, value in shown.items())
+
+
 def results_summary(results: TrainingResults) -> str:
     """The line a run prints when it is done."""
     return (
         f"done in {results.wall_time_s:.0f} s: final "
-        + ", ".join(f"{k} {v:.4f}" for k, v in results.final_metrics.items())
+        + headline_metrics(results.final_metrics)
         + f"; skipped unreadable images: {results.skipped_train_images} train examples, "
         f"{results.skipped_eval_images} eval"
     )

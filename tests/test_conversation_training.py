@@ -1,0 +1,186 @@
+"""Conversations in training: the chat collator (captions exactly as before, conversations with the loss on the answers,
+images in order, unreadable ones dropped), the mixture's examples, the arguments that cannot work together, and a tiny
+run on captions and questions that learns to answer."""
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from data.captions import make_shapes_dataset
+from data.conversations import ConversationDataError, answer_marking_template, encode_conversation
+from data.shapes_vqa import make_shapes_conversations
+from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
+from models.tiny import build_tiny_vlm
+from processing_vlm import IGNORE_INDEX
+from tiny_runs import tiny_args
+from training import VLMTrainingArguments, train
+from training.conversation_data import ChatCollator, ConversationExamples, MixedExamples, mixed_examples
+from training.data import CaptionCollator, CaptionExamples
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_vlm("mlp")[1]
+
+
+def caption_examples(n: int = 3) -> CaptionExamples:
+    return CaptionExamples(make_shapes_dataset(n, seed=1))
+
+
+def conversations(n: int = 2) -> ConversationExamples:
+    return ConversationExamples(make_shapes_conversations(n, VQA_SHORT_ANSWER_PROMPT, seed=1))
+
+
+def test_captions_collate_exactly_as_the_caption_collator_does(processor):
+    examples = [caption_examples()[i] for i in range(3)]
+    examples[1]["caption"] = "a very long caption " * 10  # cut to max_caption_tokens by both
+    expected = CaptionCollator(processor, max_caption_tokens=12)(examples)
+    batch = ChatCollator(processor, max_caption_tokens=12)(examples)
+    assert batch.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(batch[name], value) if isinstance(value, torch.Tensor) else batch[name] == value, name
+
+
+def test_a_mixed_batch_puts_every_image_in_order_and_the_loss_on_the_answers(processor):
+    examples = [conversations()[0], caption_examples()[2], conversations()[1]]
+    batch = ChatCollator(processor)(examples)
+    template = answer_marking_template(processor)
+    expected = [
+        encode_conversation(processor, examples[0]["messages"], template, "0"),
+        ChatCollator(processor).as_chat(examples[1]),
+        encode_conversation(processor, examples[2]["messages"], template, "2"),
+    ]
+    expected[1] = encode_conversation(processor, expected[1][1], template, "1")
+    length = batch["input_ids"].shape[1]
+    for row, (ids, labels) in enumerate(expected):
+        assert batch["input_ids"][row, length - len(ids) :].tolist() == ids  # left padded
+        assert batch["labels"][row, length - len(ids) :].tolist() == labels
+        assert (batch["labels"][row, : length - len(ids)] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][row].sum() == len(ids)
+    images = [*examples[0]["images"], examples[1]["image"], *examples[2]["images"]]
+    expected_pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(batch["pixel_values"], expected_pixels)
+    assert batch["num_skipped_images"] == 0
+
+
+def test_an_unreadable_image_drops_its_conversation(processor):
+    first, second = conversations()[0], conversations()[1]
+    first["images"][1] = None
+    batch = ChatCollator(processor)([first, second])
+    assert batch["num_skipped_images"] == 1 and batch["input_ids"].shape[0] == 1
+    assert len(batch["pixel_values"]) == len(second["images"]) == 2
+
+
+def test_a_conversation_longer_than_max_length_is_named(processor):
+    example = conversations()[0]
+    with pytest.raises(ConversationDataError, match="Sample 'shapes-qa-train-00000' has .* more than max_length 20"):
+        ChatCollator(processor, max_length=20)([example])
+
+
+def test_cached_features_go_in_as_vision_features(processor):
+    features = torch.randn(4, 16, 32)
+    examples = [{"id": "a", "messages": conversations()[0]["messages"], "vision_features": list(features[:3])},
+                {"image_id": "b", "caption": "a red circle.", "vision_features": features[3]}]  # fmt: skip
+    batch = ChatCollator(processor)(examples)
+    assert torch.equal(batch["vision_features"], features) and "pixel_values" not in batch
+
+
+def test_the_mixture_is_the_captions_then_the_conversations_and_hears_the_epoch():
+    captions, talks = caption_examples(4), conversations(2)
+    mixed = mixed_examples(captions, talks)
+    assert isinstance(mixed, MixedExamples) and len(mixed) == 4 + len(talks)
+    assert mixed[3]["image_id"] == captions[3]["image_id"] and mixed[4]["id"] == "shapes-qa-train-00000"
+    drawn = [captions.reference_index(0, epoch) for epoch in range(6)]
+    assert len(set(drawn)) > 1  # the reference changes with the epoch
+    mixed.set_epoch(5)
+    assert mixed[0]["caption"] == captions.captions[0][drawn[5]]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_length": 0}, "max_length=0 is invalid"),
+        ({"dataset": "llava.json", "conversations": "shapes"}, "is a conversation file, and conversations="),
+        ({"dataset": "llava.json", "stage": "qformer_stage1"}, "stage qformer_stage1 pretrains the Q-Former on"),
+    ],
+)
+def test_arguments_that_cannot_work_together_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        VLMTrainingArguments(model="tiny", **settings)
+
+
+def test_stage1_leaves_out_the_conversations_and_questions_of_a_shared_config():
+    args = VLMTrainingArguments(model="tiny", stage="qformer_stage1", conversations="shapes", eval_vqa="shapes")
+    assert (args.conversations, args.eval_vqa, args.eval_pope) == (None, None, None)
+
+
+def test_an_image_less_batch_has_no_pixels(processor):
+    text_only = {"id": "t", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]},
+    ], "images": []}  # fmt: skip
+    batch = ChatCollator(processor)([text_only])
+    assert "pixel_values" not in batch and "vision_features" not in batch
+    model = build_tiny_vlm("mlp")[0]
+    assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "num_skipped_images"}).loss)
+
+
+def test_a_tiny_run_on_captions_and_questions_learns_to_answer(tmp_path):
+    """The untrained model answers nothing right; trained on the mixture, it answers in the questions' vocabulary."""
+    args = tiny_args(
+        tmp_path, stage="finetune", max_train_samples=32, num_train_epochs=3, learning_rate=3e-3, warmup_ratio=0.05,
+        per_device_train_batch_size=16, conversations="shapes", max_train_conversations=200, eval_strategy="epoch",
+        eval_before_training=True, eval_vqa="shapes", eval_pope="shapes", max_eval_questions=30,
+        per_device_eval_batch_size=30, max_new_tokens=8, group_by_length=True,
+    )  # fmt: skip
+    results = train(args)
+    untrained, final = results.history[0], results.final_metrics
+    assert untrained["VQA/accuracy"] == 0.0 and final["VQA/accuracy"] > untrained["VQA/accuracy"]
+    assert {f"POPE/{split}/f1" for split in ("random", "popular", "adversarial")} <= final.keys()
+    assert results.num_train_conversations == len(make_shapes_conversations(200, VQA_SHORT_ANSWER_PROMPT))
+    assert results.num_train_images == 32
+
+
+def test_a_conversation_only_run_trains_on_a_llava_file_and_answers(tmp_path):
+    """LLaVA-1.5's stage-2 shape: a LLaVA JSON as the dataset, the loss on its answers, questions at evaluation."""
+    conversations = make_shapes_conversations(24, VQA_SHORT_ANSWER_PROMPT, seed=5)
+    samples = []
+    for row in conversations:
+        names = []
+        for index, image in enumerate(row["images"]):
+            names.append(f"{row['id']}-{index}.png")
+            image.save(tmp_path / names[-1])
+        turns = [{"from": "human" if m["role"] == "user" else "gpt",
+                  "value": "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])}
+                 for m in row["messages"]]  # fmt: skip
+        samples.append({"id": row["id"], "image": names, "conversations": turns})
+    samples.append({"id": "no-answer", "conversations": [{"from": "human", "value": "Hi"}]})
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps(samples))
+    args = tiny_args(
+        tmp_path, stage="finetune", dataset=str(path), image_root=str(tmp_path), skip_invalid_conversations=True,
+        num_train_epochs=1, per_device_train_batch_size=8, eval_strategy="epoch", eval_vqa="shapes",
+        max_eval_questions=10, per_device_eval_batch_size=10, max_new_tokens=4,
+    )  # fmt: skip
+    assert args.conversations_only and args.metric_for_best_model == "VQA/accuracy"
+    results = train(args)
+    assert results.num_train_conversations == len(conversations) and results.num_train_images == 0
+    assert "VQA/accuracy" in results.final_metrics and "loss" not in results.final_metrics
+    assert results.global_step == -(-len(conversations) // 8)
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_the_model_card_reports_the_answers_scores(tmp_path):
+    args = tiny_args(
+        tmp_path, stage="finetune", max_train_samples=16, conversations="shapes", max_train_conversations=6,
+        eval_vqa="shapes", eval_pope="shapes", max_eval_questions=6, eval_strategy="epoch", max_new_tokens=4,
+    )  # fmt: skip
+    results = train(args)
+    card = ModelCard.load(str(tmp_path / "run" / "README.md"))
+    reported = {(r.task_type, r.metric_name, r.dataset_split): r.metric_value for r in card.data.eval_results}
+    for metric in ("VQA/accuracy", "POPE/random/f1", "POPE/popular/f1", "POPE/adversarial/f1"):
+        split = "validation" if metric.startswith("VQA") else metric.split("/")[1]
+        assert reported[("visual-question-answering", metric, split)] == round(results.final_metrics[metric], 4)
+    assert "| VQA/accuracy | POPE/random/f1 |" in card.text
