@@ -154,7 +154,8 @@ import torch
 from accelerate import Accelerator
 from qformer_pretraining.objectives import gather_with_local_grad
 
-rank = Accelerator(cpu=True).process_index  # as in a run, the accelerator sets up the processes first
+accelerator = Accelerator(cpu=True)  # as in a run, the accelerator sets up the processes first
+rank = accelerator.process_index
 local = torch.full((3 - rank, 2), float(rank + 1), requires_grad=True)  # 3 rows on process 0, 2 on process 1
 gathered, real, start = gather_with_local_grad(local)
 assert gathered.shape == (6, 2) and start == 3 * rank, (gathered.shape, start)
@@ -162,6 +163,7 @@ assert real.tolist() == [True, True, True, True, True, False], real
 assert gathered[real].tolist() == [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 2, gathered
 (gathered[real] * 5).sum().backward()
 assert local.grad.tolist() == [[5.0, 5.0]] * len(local), local.grad  # only the local rows carry gradients
+accelerator.end_training()  # destroys the process group: gloo can abort at exit otherwise
 """
 
 
