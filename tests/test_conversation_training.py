@@ -3,6 +3,8 @@ images in order, unreadable ones dropped), the mixture's examples, the arguments
 run on captions and questions that learns to answer."""
 
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from data.shapes_vqa import make_shapes_conversations
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
 from models.tiny import build_tiny_vlm
 from processing_vlm import IGNORE_INDEX
-from tiny_runs import tiny_args
+from tiny_runs import assert_same_weights, saved_weights, tiny_args
 from training import VLMTrainingArguments, train
 from training.conversation_data import ChatCollator, ConversationExamples, MixedExamples, mixed_examples
 from training.data import CaptionCollator, CaptionExamples
@@ -184,3 +186,18 @@ def test_the_model_card_reports_the_answers_scores(tmp_path):
         split = "validation" if metric.startswith("VQA") else metric.split("/")[1]
         assert reported[("visual-question-answering", metric, split)] == round(results.final_metrics[metric], 4)
     assert "| VQA/accuracy | POPE/random/f1 |" in card.text
+
+
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["seedable-sampler", "length-grouped"])
+def test_a_mixed_run_resumes_mid_epoch_to_the_uninterrupted_result(tmp_path, group_by_length):
+    # 48 captions and 20 conversations (12 scenes' 60 questions, 3 to one) in batches of 8: 9 steps per epoch.
+    args = tiny_args(
+        tmp_path, num_train_epochs=2, save_steps=12, conversations="shapes", max_train_conversations=12,
+        group_by_length=group_by_length, output_dir=str(tmp_path / "straight"),
+    )  # fmt: skip
+    train(args)
+    state = json.loads((tmp_path / "straight" / "checkpoint-12" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 3)
+    shutil.copytree(tmp_path / "straight" / "checkpoint-12", tmp_path / "resumed" / "checkpoint-12")
+    train(replace(args, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
+    assert_same_weights(saved_weights(tmp_path / "resumed"), saved_weights(tmp_path / "straight"))
