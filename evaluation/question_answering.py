@@ -36,13 +36,18 @@ def answer_questions(
     suffix: str = VQA_SHORT_ANSWER_PROMPT,
     progress: bool = False,
 ) -> list[str]:
-    """The greedy answers to the `question` of each row of `questions` about its `image`, in row order."""
+    """
+    The greedy answers to the `question` of each row of `questions` about its `image`, in row order; the questions
+    about one image in a batch share its vision features (`image_id` says which rows show the same image).
+    """
     texts = [
         processor.apply_chat_template(question_messages(question, suffix), add_generation_prompt=True)
         for question in questions["question"]
     ]
-    images = questions["image"]  # a lazy column: decoded one batch at a time
-    return generate_replies(model, processor, images, texts, batch_size, max_new_tokens, "answering", progress)
+    images = questions["image"]  # a lazy column: the rows are decoded as they are read
+    return generate_replies(
+        model, processor, images, texts, batch_size, max_new_tokens, "answering", progress, questions["image_id"]
+    )
 
 
 def question_keys(questions: Dataset) -> list[str]:

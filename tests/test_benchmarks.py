@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import levers
+from benchmarks import instruct, levers
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
@@ -142,3 +142,19 @@ def test_the_levers_benchmark_compares_each_lever_with_its_baseline():
     assert all(r["same_captions_as_batch_1"] for r in report["batched_generation"])
     tables = _tables(levers.format_report(report))
     assert len(tables["Length-grouped batches (one epoch, tiny models)"][1]) == 4
+
+
+def test_the_instruct_benchmark_times_conversations_against_captions_and_answering_three_ways():
+    report = instruct.run(small=True)
+    steps = {row["batch"]: row for row in report["conversation_step"]}
+    conversations, same_rows, same_tokens = (steps[name] for name in (
+        "conversations (3 turns, 3 images)", "captions, as many rows", "captions, about as many tokens"))  # fmt: skip
+    assert conversations["rows"] == same_rows["rows"] == 4 and conversations["tokens"] > same_rows["tokens"]
+    assert abs(same_tokens["tokens"] - conversations["tokens"]) <= same_rows["tokens"] // same_rows["rows"]
+    answering = report["answering"]
+    assert [row["batch_size"] for row in answering] == [1, 10, 10]
+    assert all(row["questions"] == 30 and row["images"] == 6 for row in answering)
+    assert all(row["same_answers_as_one_at_a_time"] for row in answering)
+    tables = instruct.format_report(report)
+    assert "| conversations (3 turns, 3 images) | 4 |" in tables
+    assert "| batched, one vision pass per image | 10 |" in tables

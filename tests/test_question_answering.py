@@ -2,12 +2,15 @@
 and split, and `python eval.py --task vqa|pope` end to end, offline."""
 
 import json
+from unittest import mock
 
 import pytest
+import torch
 
 import eval as vlm_eval
 from data.questions import load_pope_questions, load_vqa_questions
 from evaluation import question_answering
+from evaluation.captioning import generate_replies
 from evaluation.question_answering import answer_questions, evaluate_pope, evaluate_vqa, question_messages
 from models.tiny import build_tiny_vlm
 
@@ -97,3 +100,24 @@ def test_a_question_source_that_cannot_be_read_ends_with_its_message(tmp_path, c
         vlm_eval.main(["--model", "tiny:mlp", "--task", "pope", "--dataset", str(tmp_path / "missing.parquet")])
     assert exit_info.value.code == 2
     assert "missing.parquet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion", ["early", "cross_attention"])
+def test_questions_about_one_image_share_its_vision_features_and_get_the_same_answers(fusion):
+    model, processor = build_tiny_vlm("perceiver", seed=4, fusion=fusion)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
+    questions = load_vqa_questions("shapes", "test", max_samples=15)  # 3 images, 5 questions each
+    texts = [
+        processor.apply_chat_template(question_messages(question), add_generation_prompt=True)
+        for question in questions["question"]
+    ]
+    images = questions["image"]
+    separate = generate_replies(model, processor, images, texts, batch_size=8, max_new_tokens=5)
+    with mock.patch.object(model, "get_vision_features", wraps=model.get_vision_features) as tower:
+        shared = generate_replies(model, processor, images, texts, 8, 5, image_keys=questions["image_id"])
+    assert shared == separate
+    # Batches of 8 questions: rows 0-7 show images 0 and 1, rows 8-14 images 1 and 2.
+    assert [len(call.args[0]) for call in tower.call_args_list] == [2, 2]
