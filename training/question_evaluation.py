@@ -35,11 +35,15 @@ SCORERS = {"vqa": score_vqa_answers, "pope": score_pope_answers}
 
 
 class QuestionRows(torch.utils.data.Dataset):
-    """The rows of a question set as `{"key", "question", "image"}`; an image that does not open raises, naming it."""
+    """
+    The rows of a question set as `{"key", "question", "image_id", "image"}`; an image that does not open raises,
+    naming the question.
+    """
 
     def __init__(self, questions: Dataset):
         self.keys = question_keys(questions)
         self.questions = list(questions["question"])
+        self.image_ids = list(questions["image_id"])
         self.images = questions.cast_column("image", ImageFeature(decode=False))
 
     def __len__(self) -> int:
@@ -52,11 +56,12 @@ class QuestionRows(torch.utils.data.Dataset):
                 f"The image of question {self.keys[index]!r} does not open; repair it or leave the question out of the "
                 "question set."
             )
-        return {"key": self.keys[index], "question": self.questions[index], "image": image}
+        return {"key": self.keys[index], "question": self.questions[index], "image_id": self.image_ids[index],
+                "image": image}  # fmt: skip
 
 
 def collate_questions(rows: list[dict[str, Any]]) -> dict[str, list]:
-    return {name: [row[name] for row in rows] for name in ("key", "question", "image")}
+    return {name: [row[name] for row in rows] for name in ("key", "question", "image_id", "image")}
 
 
 @dataclass
@@ -120,8 +125,9 @@ def evaluate_questions(
             ]
             with accelerator.autocast():
                 replies = generate_replies(
-                    model, processor, batch["image"], texts, len(texts), DEFAULT_MAX_ANSWER_TOKENS
-                )
+                    model, processor, batch["image"], texts, len(texts), DEFAULT_MAX_ANSWER_TOKENS,
+                    image_keys=batch["image_id"],
+                )  # fmt: skip
             answers.update(accelerator.gather_for_metrics(list(zip(batch["key"], replies)), use_gather_object=True))
         if accelerator.is_main_process:
             scores = SCORERS[task](question_set.questions[task], answers)
