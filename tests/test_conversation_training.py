@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from accelerate import Accelerator
 from huggingface_hub import ModelCard
 
 from data.captions import make_shapes_dataset
@@ -18,7 +19,13 @@ from models.tiny import build_tiny_vlm
 from processing_vlm import IGNORE_INDEX
 from tiny_runs import assert_same_weights, saved_weights, tiny_args
 from training import VLMTrainingArguments, train
-from training.conversation_data import ChatCollator, ConversationExamples, MixedExamples, mixed_examples
+from training.conversation_data import (
+    ChatCollator,
+    ConversationExamples,
+    MixedExamples,
+    conversation_examples,
+    mixed_examples,
+)
 from training.data import CaptionCollator, CaptionExamples
 
 
@@ -201,3 +208,16 @@ def test_a_mixed_run_resumes_mid_epoch_to_the_uninterrupted_result(tmp_path, gro
     shutil.copytree(tmp_path / "straight" / "checkpoint-12", tmp_path / "resumed" / "checkpoint-12")
     train(replace(args, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
     assert_same_weights(saved_weights(tmp_path / "resumed"), saved_weights(tmp_path / "straight"))
+
+
+def test_cached_features_of_a_conversation_are_those_of_its_own_images(tmp_path):
+    model, processor = build_tiny_vlm("mlp")
+    args = tiny_args(tmp_path, conversations="shapes", max_train_conversations=6)
+    cached, features, refused = conversation_examples(args, Accelerator(cpu=True), model, processor, True)
+    assert features is cached.vision_features and refused == []
+    opened = ConversationExamples(make_shapes_conversations(6, VQA_SHORT_ANSWER_PROMPT))
+    for index in (0, len(opened) - 1):
+        pixel_values = processor.image_processor(opened[index]["images"], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            expected = model.get_vision_features(pixel_values)
+        torch.testing.assert_close(torch.stack(cached[index]["vision_features"]), expected)

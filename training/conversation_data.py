@@ -52,15 +52,15 @@ def load_conversations(args: VLMTrainingArguments, on_invalid) -> Dataset:
 
 def flat_images(conversations: Dataset) -> tuple[Dataset, list[list[int]]]:
     """
-    Every image of `conversations` as one row of a dataset with an `image` column (for the feature cache), and for
-    each conversation the rows of its images, in order.
+    Every image of `conversations` as one row of a dataset with an undecoded `image` column (what the feature cache
+    reads), and for each conversation the rows of its images, in order.
     """
     undecoded = conversations.cast_column("images", List(ImageFeature(decode=False)))["images"]
     images, rows = [], []
     for sample_images in undecoded:
         rows.append(list(range(len(images), len(images) + len(sample_images))))
         images += sample_images
-    return Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature()})), rows
+    return Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature(decode=False)})), rows
 
 
 class ConversationExamples(torch.utils.data.Dataset):
@@ -74,7 +74,6 @@ class ConversationExamples(torch.utils.data.Dataset):
         self.ids = list(conversations["id"])
         self.messages = list(conversations["messages"])
         self.images, self.image_rows = flat_images(conversations)
-        self.images = self.images.cast_column("image", ImageFeature(decode=False))
         self.vision_features = vision_features
 
     def set_epoch(self, epoch: int) -> None:
@@ -191,14 +190,13 @@ def conversation_examples(
     if not len(conversations):
         source = args.dataset if args.conversations_only else args.conversations
         raise ConversationDataError(f"No conversation of {source!r} can be trained on.")
-    features = None
-    if cache_features:
-        images, _ = flat_images(conversations)
+    examples = ConversationExamples(conversations)
+    if cache_features:  # the features of the examples' own image table, row for row
         with accelerator.local_main_process_first():
-            features = load_or_compute_vision_features(
-                vlm, processor, images, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
+            examples.vision_features = load_or_compute_vision_features(
+                vlm, processor, examples.images, accelerator, args.feature_cache_dir, args.per_device_eval_batch_size
             )
-    return ConversationExamples(conversations, features), features, [str(error) for error in refused]
+    return examples, examples.vision_features, [str(error) for error in refused]
 
 
 def mixed_examples(captions: CaptionExamples, conversations: ConversationExamples) -> MixedExamples:
