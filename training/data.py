@@ -307,6 +307,16 @@ def caption_lengths(
     return lengths_of_epoch
 
 
+def num_tokens(processor: VLMProcessor, text: str) -> int:
+    """Tokens of a chat-formatted `text` as the model reads it, each image token expanded to its placeholders."""
+    return len(processor.tokenizer(processor.expand_image_tokens(text)).input_ids)
+
+
+def caption_chat_tokens(processor: VLMProcessor, prompt: str) -> int:
+    """Tokens of a caption chat before its caption: the prompt with its image, the turns' framing."""
+    return num_tokens(processor, processor.apply_chat_template(caption_messages(prompt, "")))
+
+
 def check_sequences_fit(
     processor: VLMProcessor, prompt: str, max_caption_tokens: int, max_positions: int, max_new_tokens: int = 0
 ) -> None:
@@ -316,10 +326,7 @@ def check_sequences_fit(
     up to `max_new_tokens` generated) does not fit the language model's `max_positions`.
     """
 
-    def num_tokens(text: str) -> int:
-        return len(processor.tokenizer(processor.expand_image_tokens(text)).input_ids)
-
-    chat_tokens = num_tokens(processor.apply_chat_template(caption_messages(prompt, "")))
+    chat_tokens = caption_chat_tokens(processor, prompt)
     if chat_tokens + max_caption_tokens > max_positions:
         raise ValueError(
             f"The longest training sequence has {chat_tokens + max_caption_tokens} tokens ({chat_tokens} for the "
@@ -327,7 +334,7 @@ def check_sequences_fit(
             f"language model's max_position_embeddings ({max_positions}). Shorten the prompt or lower "
             "max_caption_tokens."
         )
-    prompt_tokens = num_tokens(caption_prompt(processor, prompt))
+    prompt_tokens = num_tokens(processor, caption_prompt(processor, prompt))
     if max_new_tokens and prompt_tokens + max_new_tokens > max_positions:
         raise ValueError(
             f"Captioning the evaluation images could reach {prompt_tokens + max_new_tokens} tokens ({prompt_tokens} "

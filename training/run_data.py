@@ -9,13 +9,20 @@ from dataclasses import replace
 
 from accelerate import Accelerator
 
-from evaluation.captioning import caption_messages
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
 from .arguments import QFORMER_STAGE1, VLMTrainingArguments
 from .conversation_data import ChatCollator, MixedExamples, conversation_examples, conversation_lengths, mixed_examples
-from .data import DATA_SEED_SPREAD, EvalSet, RunData, caption_lengths, prepare_data, training_loader
+from .data import (
+    DATA_SEED_SPREAD,
+    EvalSet,
+    RunData,
+    caption_chat_tokens,
+    caption_lengths,
+    prepare_data,
+    training_loader,
+)
 from .length_grouping import EpochLengthGroupedSampler
 from .pair_data import prepare_pair_data
 from .question_evaluation import build_question_eval_set
@@ -87,8 +94,7 @@ def mixed_length_sampler(
     epoch's reference), conversations by theirs, so that the long conversations mostly fill batches of their own.
     """
     captions, conversations = examples.datasets
-    chat = processor.apply_chat_template(caption_messages(args.prompt, ""))
-    chat_tokens = len(processor.tokenizer(processor.expand_image_tokens(chat)).input_ids)
+    chat_tokens = caption_chat_tokens(processor, args.prompt)
     references = caption_lengths(captions, processor.tokenizer, args.max_caption_tokens)
     fixed = conversation_lengths(conversations, processor)
 
