@@ -31,7 +31,7 @@ from data.questions import load_vqa_questions
 from data.shapes_vqa import make_shapes_conversations
 from evaluation.captioning import generate_replies
 from evaluation.markdown_tables import markdown_table
-from evaluation.question_answering import question_messages
+from evaluation.question_answering import question_prompt
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
@@ -104,10 +104,7 @@ def benchmark_answering(small: bool, num_questions: int, batch_size: int, max_ne
     """Answers/s of the same questions one at a time, in batches, and in batches sharing each image's features."""
     model, processor = half_depth_model(small)
     questions = load_vqa_questions("shapes", "test", max_samples=num_questions)
-    texts = [
-        processor.apply_chat_template(question_messages(question), add_generation_prompt=True)
-        for question in questions["question"]
-    ]
+    texts = [question_prompt(processor, question) for question in questions["question"]]
     images, keys = list(questions["image"]), list(questions["image_id"])
     variants = (("one at a time (as lmms-eval asks)", 1, None), ("batched", batch_size, None),
                 ("batched, one vision pass per image", batch_size, keys))  # fmt: skip

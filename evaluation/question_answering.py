@@ -27,6 +27,11 @@ def question_messages(question: str, suffix: str = VQA_SHORT_ANSWER_PROMPT, answ
     return messages
 
 
+def question_prompt(processor: ProcessorMixin, question: str, suffix: str = VQA_SHORT_ANSWER_PROMPT) -> str:
+    """The chat-formatted prompt of one question about one image ([`question_messages`]), ending with the header."""
+    return processor.apply_chat_template(question_messages(question, suffix), add_generation_prompt=True)
+
+
 def answer_questions(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -40,10 +45,7 @@ def answer_questions(
     The greedy answers to the `question` of each row of `questions` about its `image`, in row order; the questions
     about one image in a batch share its vision features (`image_id` says which rows show the same image).
     """
-    texts = [
-        processor.apply_chat_template(question_messages(question, suffix), add_generation_prompt=True)
-        for question in questions["question"]
-    ]
+    texts = [question_prompt(processor, question, suffix) for question in questions["question"]]
     images = questions["image"]  # a lazy column: the rows are decoded as they are read
     return generate_replies(
         model, processor, images, texts, batch_size, max_new_tokens, "answering", progress, questions["image_id"]

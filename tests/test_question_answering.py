@@ -11,7 +11,7 @@ import eval as vlm_eval
 from data.questions import load_pope_questions, load_vqa_questions
 from evaluation import question_answering
 from evaluation.captioning import generate_replies
-from evaluation.question_answering import answer_questions, evaluate_pope, evaluate_vqa, question_messages
+from evaluation.question_answering import answer_questions, evaluate_pope, evaluate_vqa, question_prompt
 from models.tiny import build_tiny_vlm
 
 
@@ -22,7 +22,7 @@ def tiny():
 
 def test_the_prompt_is_llavas_short_answer_prompt(tiny):
     _, processor = tiny
-    text = processor.apply_chat_template(question_messages("How many shapes are there?"), add_generation_prompt=True)
+    text = question_prompt(processor, "How many shapes are there?")
     assert text.endswith(
         "<|im_start|>user\n<image>How many shapes are there?\nAnswer the question using a single word or phrase."
         "<|im_end|>\n<|im_start|>assistant\n"
@@ -110,10 +110,7 @@ def test_questions_about_one_image_share_its_vision_features_and_get_the_same_an
             if name.endswith("_gate"):
                 parameter.fill_(0.5)
     questions = load_vqa_questions("shapes", "test", max_samples=15)  # 3 images, 5 questions each
-    texts = [
-        processor.apply_chat_template(question_messages(question), add_generation_prompt=True)
-        for question in questions["question"]
-    ]
+    texts = [question_prompt(processor, question) for question in questions["question"]]
     images = questions["image"]
     separate = generate_replies(model, processor, images, texts, batch_size=8, max_new_tokens=5)
     with mock.patch.object(model, "get_vision_features", wraps=model.get_vision_features) as tower:

@@ -15,13 +15,13 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 
-from data.captions import open_image
+from data.captions import SHAPES_SPLIT_SIZES, open_image
 from data.questions import load_pope_questions, load_vqa_questions
 from evaluation.captioning import generate_replies
 from evaluation.question_answering import (
     DEFAULT_MAX_ANSWER_TOKENS,
     question_keys,
-    question_messages,
+    question_prompt,
     score_pope_answers,
     score_vqa_answers,
 )
@@ -82,7 +82,8 @@ def load_question_sets(args: VLMTrainingArguments) -> dict[str, Dataset]:
     if args.eval_vqa:
         sets["vqa"] = load_vqa_questions(args.eval_vqa, args.eval_split, args.max_eval_questions, args.seed)
     if args.eval_pope:
-        shapes = {"split": args.eval_split, "statistics_images": args.max_train_samples or 1000}
+        statistics_images = args.max_train_samples or SHAPES_SPLIT_SIZES["train"]  # the scenes the counts come from
+        shapes = {"split": args.eval_split, "statistics_images": statistics_images}
         sets["pope"] = load_pope_questions(
             args.eval_pope, max_samples=args.max_eval_questions, seed=args.seed,
             **(shapes if args.eval_pope == "shapes" else {}),
@@ -119,10 +120,7 @@ def evaluate_questions(
     for task, loader in question_set.loaders.items():
         answers = {}
         for batch in loader:
-            texts = [
-                processor.apply_chat_template(question_messages(question), add_generation_prompt=True)
-                for question in batch["question"]
-            ]
+            texts = [question_prompt(processor, question) for question in batch["question"]]
             with accelerator.autocast():
                 replies = generate_replies(
                     model, processor, batch["image"], texts, len(texts), DEFAULT_MAX_ANSWER_TOKENS,
