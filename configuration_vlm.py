@@ -44,6 +44,10 @@ DEFAULT_TEXT_CONFIG: dict[str, Any] = {
 # `<image>` appended to Qwen2.5's tokenizer (151,665 tokens) gets this id.
 DEFAULT_IMAGE_TOKEN_ID = 151665
 
+# What a saved config must hold: the defaults in their place (full-size SigLIP and Qwen2.5, an `mlp` projector, early
+# fusion, Qwen2.5's image token id) would build a model that its saved weights do not fit.
+REQUIRED_SAVED_FIELDS = ("vision_config", "text_config", "projector_type", "fusion", "image_token_id")
+
 
 def build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, Any], name: str) -> PretrainedConfig:
     """`value` as a config: itself, `default` when it is `None`, or a dict with a `model_type` key."""
@@ -211,8 +215,14 @@ class VLMConfig(PretrainedConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer (or None).")
-        if not 0.0 <= self.projector_dropout < 1.0:
-            raise ValueError(f"projector_dropout={self.projector_dropout!r} is invalid; it must be in [0, 1).")
+        dropout = self.projector_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"projector_dropout={dropout!r} is invalid; it must be in [0, 1).")
+        token_id = self.image_token_id
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise ValueError(f"image_token_id={token_id!r} is invalid; it must be a token id (an integer >= 0).")
+        if not isinstance(self.image_token, str) or not self.image_token:
+            raise ValueError(f"image_token={self.image_token!r} is invalid; it must be a non-empty string.")
         widths = {
             "qformer": ("the Q-Former width", self.qformer_width),
             "perceiver": ("the vision hidden size", self.vision_config.hidden_size),
@@ -264,6 +274,18 @@ class VLMConfig(PretrainedConfig):
                 f"fusion='cross_attention' splits the language model's hidden size ({text_dim}) over its "
                 f"num_attention_heads ({num_heads}), which must divide it."
             )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "VLMConfig":
+        """A saved config (`config.json`, what `from_pretrained` reads), refused when it lacks a required field."""
+        missing = [name for name in REQUIRED_SAVED_FIELDS if config_dict.get(name) is None and name not in kwargs]
+        if missing:
+            raise ValueError(
+                f"The VLM config lacks {', '.join(missing)}: a config saved with the model holds them, and the "
+                "defaults in their place (full-size SigLIP and Qwen2.5, an mlp projector, early fusion) would build a "
+                "model that its weights do not fit. Restore them from the config the model was saved with."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -33,7 +33,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from configuration_vlm import PROJECTOR_TYPES
-from data.captions import CaptionDataError, load_captions, readable_samples
+from data.captions import CaptionDataError, load_captions, merge_repeated_ids, readable_samples
 from data.questions import load_pope_questions, load_vqa_questions
 from data.vqa_benchmarks import POPE_SPLITS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
@@ -42,6 +42,8 @@ from evaluation.markdown_tables import markdown_table
 from evaluation.question_answering import DEFAULT_MAX_ANSWER_TOKENS, answers_table, evaluate_pope, evaluate_vqa
 from evaluation.visualize import save_model_picture, write_gallery
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
+from training.argument_rules import checked_number
+from training.run_lock import ensure_writable_dir
 
 
 TABLE_COLUMNS = (
@@ -68,20 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(lmms-lab/VQAv2); pope: \"pope\" (lmms-lab/POPE); or a local copy in their schema",
     )
     parser.add_argument("--split", default=None, help="default: test (shapes, captions), validation (vqav2)")
-    parser.add_argument("--max_samples", type=int, help="images (caption), questions (vqa), questions per split (pope)")
+    parser.add_argument(
+        "--max_samples",
+        type=checked_number("--max_samples", "positive int"),
+        help="images (caption), questions (vqa), questions per split (pope)",
+    )
     parser.add_argument("--image_root", help="COCO image root (train2014/, val2014/) for coco-karpathy")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--caption_column", default="caption")
-    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
-        "--max_new_tokens", type=int, help=f"default: 64 (caption), {DEFAULT_MAX_ANSWER_TOKENS} (vqa, pope)"
+        "--id_column", help="image-id column of a generic dataset (default: the row index); rows sharing an id are one "
+        "image with all their references",
+    )
+    parser.add_argument("--batch_size", type=checked_number("--batch_size", "positive int"), default=32)
+    parser.add_argument(
+        "--max_new_tokens",
+        type=checked_number("--max_new_tokens", "positive int"),
+        help=f"default: 64 (caption), {DEFAULT_MAX_ANSWER_TOKENS} (vqa, pope)",
     )
     parser.add_argument("--prompt", default=CAPTION_PROMPT, help="the captioning request")
     parser.add_argument("--answer_prompt", default=VQA_SHORT_ANSWER_PROMPT, help="the line after each question")
     parser.add_argument("--output_dir", default="eval_outputs")
     parser.add_argument("--attention_maps", action="store_true", help="PNG attention / saliency maps per image")
     parser.add_argument("--gallery", action="store_true", help="gallery.html and contact_sheet.png")
-    parser.add_argument("--num_pictures", type=int, default=6, help="images in the attention maps and the gallery")
+    parser.add_argument(
+        "--num_pictures",
+        type=checked_number("--num_pictures", "positive int"),
+        default=6,
+        help="images in the attention maps and the gallery",
+    )
     return parser
 
 
@@ -91,11 +108,18 @@ def usage_error(message: str) -> NoReturn:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line's arguments, once every `--model` looks loadable (see [`model_error`])."""
+    """
+    The command line's arguments, once every `--model` looks loadable (see [`model_error`]) and `--output_dir` is
+    proved writable, before anything is loaded.
+    """
     args = build_parser().parse_args(argv)
     for name in args.model:
         if (problem := model_error(name)) is not None:
             usage_error(problem)
+    try:
+        ensure_writable_dir(args.output_dir, "--output_dir", keep=False)
+    except OSError as error:
+        usage_error(str(error))
     if args.split is None:
         args.split = "validation" if args.task == "vqa" and args.dataset != "shapes" else "test"
     if args.max_new_tokens is None:
@@ -202,11 +226,11 @@ def evaluate_captions(args: argparse.Namespace) -> list[dict]:
     try:
         dataset = load_captions(
             args.dataset, args.split, image_root=args.image_root, max_samples=args.max_samples,
-            image_column=args.image_column, caption_column=args.caption_column,
+            image_column=args.image_column, caption_column=args.caption_column, id_column=args.id_column,
         )  # fmt: skip
     except CaptionDataError as error:
         usage_error(str(error))
-    ids, images, references, skipped = readable_samples(dataset)
+    ids, images, references, skipped = readable_samples(merge_repeated_ids(dataset))
     if skipped:
         print(f"skipped {skipped} unreadable images")
     device, dtype = default_device()

@@ -10,6 +10,7 @@ prompt (`fusion="early"`), or read by gated cross-attention blocks before some d
 import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -424,6 +425,14 @@ def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
     )
 
 
+# The config fields that decide each module's parameters: named when a saved model's weights leave one unfilled.
+CONFIG_FIELDS_OF_MODULES = {
+    "multi_modal_projector": "projector_type and its projector settings",
+    "cross_attention_blocks": "fusion, cross_attention_every and cross_attention_layers",
+    "vision_tower": "vision_config",
+    "language_model": "text_config",
+}
+
 # Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
 TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
 
@@ -485,11 +494,34 @@ class VLMPreTrainedModel(PreTrainedModel):
             if config.vision_config.model_type in TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4:
                 # Checkpoints saved by transformers 5.x lack the level; without the mapping the tower would be re-initialised.
                 kwargs["key_mapping"] = {r"^vision_tower\.(?!vision_model\.)": "vision_tower.vision_model."}
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `(model, loading_info)` on request
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        check_weights_fill_model(info, pretrained_model_name_or_path)
         if isinstance(model, VLMForConditionalGeneration):
             model.suppress_image_token()  # also for a generation_config.json saved before it was suppressed
-        return loaded
+        return (model, info) if with_info else model
+
+
+def check_weights_fill_model(loading_info: dict[str, Any], source: Any) -> None:
+    """
+    Raises `ValueError` when the weights of `source` left parameters of the model unfilled (transformers would
+    initialise them at random and only warn): it names the modules and the config fields that made them, so that a
+    `config.json` edited to another projector or fusion than its weights were trained with cannot load.
+    """
+    missing = sorted(loading_info.get("missing_keys") or ())
+    if not missing:
+        return
+    modules = sorted({key.split(".")[0] for key in missing})
+    fields = [CONFIG_FIELDS_OF_MODULES.get(module, "its config") for module in modules]
+    unexpected = sorted(loading_info.get("unexpected_keys") or ())
+    unused = f", and {len(unexpected)} saved ones unused (e.g. {unexpected[0]})" if unexpected else ""
+    raise ValueError(
+        f"The weights of {source} do not fill this model: {len(missing)} parameters of {', '.join(modules)} are "
+        f"missing (e.g. {missing[0]}){unused}. They are made by the config's {'; '.join(fields)}: the config.json "
+        "does not match the weights saved with it. Restore the config the model was saved with."
+    )
 
 
 def chunked_cross_entropy(

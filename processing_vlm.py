@@ -49,11 +49,12 @@ def make_chat_template(image_token: str = "<image>", mark_answers: bool = False)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def to_rgb_image(image):
+def to_rgb_image(image, input_data_format: str | None = None):
     """
     Turns a path or URL, a PIL image of any mode (L, RGBA, P, CMYK, I;16, F, ...), or an array / tensor of shape
     `(H, W)`, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4 channels into an RGB PIL image. Transparent pixels are
-    composited on white.
+    composited on white. Where an array's channels are, `input_data_format` says (`"channels_first"` or
+    `"channels_last"`, transformers' `ChannelDimension`); without it, see [`channels_are_last`].
 
     Pixel values are brought to 0-255 by one rule, whatever the input (a PIL image counts as the array
     `numpy.asarray(image)`: 16-bit modes are uint16, mode I int32, mode F float32):
@@ -79,15 +80,19 @@ def to_rgb_image(image):
         image = _pil_pixels(image)  # PIL's own conversion to 8 bits clips these instead of scaling them
     if not is_pil_image(image):
         array = image if isinstance(image, torch.Tensor) else torch.tensor(image)
-        if array.ndim == 2:
+        if array.ndim == 2:  # (H, W): grey
             array = array.unsqueeze(-1)
-        if array.ndim != 3:
+        elif array.ndim != 3:
             raise ValueError(f"An image array must have 2 or 3 dimensions, got shape {tuple(array.shape)}.")
+        elif not channels_are_last(tuple(array.shape), input_data_format):
+            array = array.permute(1, 2, 0)
         if array.shape[-1] == 4:
             array = array[..., :3]
-        elif array.shape[0] == 4 and array.shape[-1] not in (1, 3):
-            array = array[:3]
-        image = to_pil_image(_to_uint8(array))
+        if array.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"An image array needs 1, 3 or 4 channels; shape {tuple(image.shape)} has {array.shape[-1]}."
+            )
+        image = to_pil_image(_to_uint8(array), input_data_format="channels_last")
     try:
         if "A" in image.getbands() or "transparency" in image.info:
             image = image.convert("RGBA")
@@ -98,6 +103,32 @@ def to_rgb_image(image):
         return image.convert("RGB")
     except OSError as error:
         raise ValueError(f"Could not decode the image {image!r} ({error}); the file is truncated or corrupt.") from error
+
+
+def channels_are_last(shape: tuple[int, ...], input_data_format: str | None = None) -> bool:
+    """
+    Whether an image array of `shape` `(a, b, c)` holds its channels last. `input_data_format` decides when given.
+    Otherwise, as transformers' `infer_channel_dimension_format`, the channel axis is the end one of size 1 or 3;
+    failing that, the end one of size 4 (RGBA). An array whose both end axes qualify, such as a channels-last image 3
+    pixels tall `(3, W, 3)`, is refused: either reading could be meant, and the wrong one gives a wrong image.
+    """
+    if input_data_format is not None:
+        data_format = str(getattr(input_data_format, "value", input_data_format))
+        if data_format not in ("channels_first", "channels_last"):
+            raise ValueError(
+                f"input_data_format={input_data_format!r} is invalid; choose 'channels_first' or 'channels_last'."
+            )
+        return data_format == "channels_last"
+    for sizes in ((1, 3), (4,)):
+        first, last = shape[0] in sizes, shape[-1] in sizes
+        if first and last:
+            raise ValueError(
+                f"An image array of shape {shape} may hold its channels first or last; say which with "
+                "input_data_format='channels_first' or 'channels_last'."
+            )
+        if first or last:
+            return last
+    raise ValueError(f"An image array of shape {shape} has no channel axis of 1, 3 or 4 at either end.")
 
 
 def _open_image_file(path: str | os.PathLike):
@@ -189,6 +220,7 @@ class VLMProcessor(ProcessorMixin):
         text: str | list[str] | None = None,
         padding: bool | str = True,
         return_tensors: str | None = None,
+        input_data_format: str | None = None,
         videos=None,
         audio=None,
         audios=None,
@@ -199,6 +231,9 @@ class VLMProcessor(ProcessorMixin):
         and preprocesses `images`: one image, a flat list in the order of the image tokens in the batch, or one list
         per text. Returns `input_ids`, `attention_mask` and, with images, `pixel_values` of shape
         `(num_images, 3, height, width)`. Batches of mixed lengths are padded (on the tokenizer's `padding_side`).
+
+        Image arrays may hold their channels first or last: `input_data_format` (`"channels_first"` or
+        `"channels_last"`) says which where their shape does not (see [`channels_are_last`]).
 
         `videos` and `audio` (or `audios`, as evaluation harnesses such as lmms-eval name it) may be given only empty
         (`None` or an empty list): this model reads images and text.
@@ -223,8 +258,11 @@ class VLMProcessor(ProcessorMixin):
         expanded = [self.expand_image_tokens(sample) for sample in texts]
         data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
         if flat_images:
-            rgb_images = [to_rgb_image(image) for image in flat_images]
-            data["pixel_values"] = self.image_processor(rgb_images, return_tensors=return_tensors)["pixel_values"]
+            rgb_images = [to_rgb_image(image, input_data_format) for image in flat_images]
+            # RGB images: channels last, which the image processor would not infer of one 1 or 3 pixels tall.
+            data["pixel_values"] = self.image_processor(
+                rgb_images, return_tensors=return_tensors, input_data_format="channels_last"
+            )["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def expand_image_tokens(self, text: str) -> str:

@@ -41,8 +41,11 @@ from transformers import HfArgumentParser
 
 from training import (
     COMPARE_ALL,
+    INTERRUPTED_EXIT_STATUS,
+    MODEL_SOURCE_FIELDS,
     RUN_NAMES,
     STAGE1_RUN,
+    TrainingInterrupted,
     TrainingResults,
     VLMTrainingArguments,
     load_yaml_config,
@@ -73,8 +76,26 @@ def parse_args(argv: Sequence[str], config: str | os.PathLike | None = None) -> 
     """`argv` flags over the values of the YAML file `config` over the defaults of [`VLMTrainingArguments`]."""
     parser = build_parser()
     if config is not None:
-        parser.set_defaults(**load_yaml_config(config))
+        parser.set_defaults(**yaml_defaults(config, argv))
     return parser.parse_args_into_dataclasses(list(argv))[0]  # the rest is --config and --compare
+
+
+def yaml_defaults(config: str | os.PathLike, argv: Sequence[str]) -> dict:
+    """
+    The settings of the YAML file `config`, as defaults under the flags `argv`. A model source among the flags replaces
+    the file's (`--model_name_or_path DIR` over its `model: tiny`); two in the file alone are refused naming it.
+    """
+    values = load_yaml_config(config)
+    flags = {arg.split("=", 1)[0].removeprefix("--") for arg in argv if arg.startswith("--")}
+    in_file = [name for name in MODEL_SOURCE_FIELDS if values.get(name) is not None]
+    if flags & set(MODEL_SOURCE_FIELDS):
+        return {name: value for name, value in values.items() if name not in MODEL_SOURCE_FIELDS}
+    if len(in_file) > 1 and set(in_file) != {"vision_model", "text_model"}:
+        raise ValueError(
+            f"{config} sets several model sources ({', '.join(in_file)}): keep one there, or choose one with a flag "
+            "(--model, --vision_model + --text_model, --model_name_or_path), which replaces the file's."
+        )
+    return values
 
 
 def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[VLMTrainingArguments]:
@@ -121,4 +142,8 @@ def main(argv: Sequence[str] | None = None) -> list[TrainingResults]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingInterrupted as interrupted:
+        print(interrupted, file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_STATUS)

@@ -379,6 +379,26 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
         return None
 
 
+def merge_repeated_ids(dataset: Dataset) -> Dataset:
+    """
+    `dataset` with one row per image id, as COCO's format means an id: rows that share an id (a dataset of one row
+    per image-caption pair) become the first such row, holding the references of all of them in order. Evaluation
+    scores each image once against all its references; without this, the later rows would replace the earlier rows'
+    references and predictions. The image is the first row's: rows with one id are taken to show one image.
+    """
+    image_ids = list(dataset["image_id"])
+    first_rows: dict[str, int] = {}
+    for row, image_id in enumerate(image_ids):
+        first_rows.setdefault(image_id, row)
+    if len(first_rows) == len(image_ids):
+        return dataset
+    references: dict[str, list[str]] = {image_id: [] for image_id in first_rows}
+    for image_id, captions in zip(image_ids, dataset["captions"]):
+        references[image_id].extend(captions)
+    merged = dataset.select(list(first_rows.values())).remove_columns("captions")
+    return _to_common_schema(merged.add_column("captions", list(references.values())))
+
+
 def readable_images(dataset: Dataset) -> Iterator[tuple[int, PIL.Image.Image]]:
     """`(row, RGB image)` for every row of `dataset` whose image opens (see [`open_image`]); each is decoded once."""
     raw = dataset.cast_column("image", Image(decode=False))

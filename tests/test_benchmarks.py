@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import instruct, levers
+from benchmarks import instruct, levers, sft_peer
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
@@ -158,3 +158,13 @@ def test_the_instruct_benchmark_times_conversations_against_captions_and_answeri
     tables = instruct.format_report(report)
     assert "| conversations (3 turns, 3 images) | 4 |" in tables
     assert "| batched, one vision pass per image | 10 |" in tables
+
+
+def test_trl_sft_trainer_peer_trains_on_the_same_loss_and_is_timed_step_for_step():
+    report = sft_peer.compare(small=True, text_layers=0, vision_layers=0, rows=2, rounds=2)
+    assert report["loss"]["ours"] == pytest.approx(report["loss"]["trl"], rel=1e-5)  # the same labelled tokens
+    settings = report["settings"]
+    assert settings["images"] == 6 and 0 < settings["labelled_tokens"] < settings["tokens"]
+    assert report["ours_s"] > 0 and report["trl_s"] > 0
+    assert report["ratio_min"] <= report["ratio_median"] <= report["ratio_max"]
+    assert "| finetune training step (LLaVA-1.5 stage 2) |" in sft_peer.format_report(report)

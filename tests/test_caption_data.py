@@ -397,3 +397,21 @@ def test_sixteen_bit_image_files_are_read_with_their_grey_levels(tmp_path):
     for value in (str(tmp_path / "ramp.png"), (tmp_path / "ramp.png").read_bytes()):
         pixels = np.asarray(open_image(value))
         assert pixels.shape == (4, 256, 3) and (pixels == np.arange(256)[None, :, None]).all()
+
+
+def test_rows_that_share_an_image_id_become_one_image_with_all_their_references(tmp_path):
+    records = [
+        {"file_name": "a.png", "caption": "first.", "photo": 7},
+        {"file_name": "b.png", "caption": "other.", "photo": 9},
+        {"file_name": "a2.png", "caption": "second.", "photo": 7},
+        {"file_name": "a3.png", "caption": "third.", "photo": 7},
+    ]
+    folder = make_imagefolder(tmp_path / "pairs", records)
+    dataset = load_caption_dataset(str(folder), "train", id_column="photo", cache_dir=str(tmp_path / "cache"))
+    merged = caption_data.merge_repeated_ids(dataset)
+    assert merged.features == dataset.features
+    assert merged["image_id"] == ["7", "9"]
+    assert merged["captions"] == [["first.", "second.", "third."], ["other."]]
+    assert merged[0]["image"].size == dataset[0]["image"].size  # the first row's image
+    unique = caption_data.merge_repeated_ids(merged)
+    assert unique is merged

@@ -47,6 +47,11 @@ def test_round_trip_through_json(tmp_path):
         ({"loss_chunk_size": 0}, r"loss_chunk_size=0 is invalid; it must be a positive integer \(or None\)"),
         ({"vision_feature_layer": 12}, r"vision_feature_layer=12 is invalid; it must be an integer in \[-13, 11\]"),
         ({"projector_dropout": 1.0}, r"projector_dropout=1.0 is invalid; it must be in \[0, 1\)"),
+        ({"projector_dropout": "0.1"}, r"projector_dropout='0.1' is invalid; it must be in \[0, 1\)"),
+        ({"image_token_id": -1}, r"image_token_id=-1 is invalid; it must be a token id \(an integer >= 0\)"),
+        ({"image_token_id": "151665"}, r"image_token_id='151665' is invalid; it must be a token id"),
+        ({"image_token": ""}, r"image_token='' is invalid; it must be a non-empty string"),
+        ({"cross_attention_every": "4"}, r"cross_attention_every='4' is invalid; it must be a positive integer"),
         ({"vision_config": {"hidden_size": 8}}, r"`vision_config` must be a PretrainedConfig or a dict with a 'model_type' key"),
         (
             {"projector_hidden_act": "nonsense"},

@@ -3,6 +3,7 @@ mistakes (a missing model path, an unknown tiny projector, a missing image root)
 
 import json
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -144,3 +145,51 @@ def test_cross_attention_model_gets_its_fusion_in_the_table_and_cross_attention_
     )
     with Image.open(output_dir / f"attention_{vlm_eval.file_slug(str(saved))}_shapes-test-00000.png") as picture:
         assert picture.size == size
+
+
+@pytest.mark.parametrize(
+    "flags", [["--max_samples", "0"], ["--batch_size", "-1"], ["--max_new_tokens", "0"], ["--num_pictures", "x"]]
+)
+def test_a_bad_count_is_refused_naming_the_flag_before_anything_loads(flags, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vlm_eval, "load_captions", refuse_loading)
+    with pytest.raises(SystemExit) as exit_info:
+        vlm_eval.main(["--model", "tiny:mlp", "--output_dir", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2
+    expected = "a positive integer"
+    assert re.search(rf"error: argument {flags[0]}: {flags[0]}='?{flags[1]}'? is invalid; it must be {expected}\.",
+                     capsys.readouterr().err)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_dir_is_refused_before_anything_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vlm_eval, "load_captions", refuse_loading)
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        vlm_eval.main(["--model", "tiny:mlp", "--output_dir", str(taken / "out")])
+    assert exit_info.value.code == 2
+    assert f"error: --output_dir {taken / 'out'} cannot be written to" in capsys.readouterr().err
+
+
+def test_an_evaluation_set_with_repeated_ids_scores_each_image_once_with_all_its_references(tmp_path, monkeypatch):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    records = [("a.png", "a red square.", 1), ("b.png", "a blue circle.", 2), ("a2.png", "a red box.", 1),
+               ("c.png", "a green star.", 3)]  # fmt: skip
+    for index, (name, _, _) in enumerate(records):
+        Image.new("RGB", (16, 16), (60 * index, 0, 0)).save(folder / name)
+    (folder / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": n, "caption": c, "photo": i}) + "\n" for n, c, i in records)
+    )
+    scored, score_captions = [], vlm_eval.score_captions
+
+    def spy(predictions, references):
+        scored.append(references)
+        return score_captions(predictions, references)
+
+    monkeypatch.setattr(vlm_eval, "score_captions", spy)
+    vlm_eval.main(["--model", "tiny:mlp", "--dataset", str(folder), "--split", "train", "--max_new_tokens", "3",
+                   "--id_column", "photo", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert scored == [{"1": ["a red square.", "a red box."], "2": ["a blue circle."], "3": ["a green star."]}]
+    predictions = json.loads((tmp_path / "out" / "predictions_tiny_mlp.json").read_text())
+    assert [p["image_id"] for p in predictions] == ["1", "2", "3"]

@@ -445,3 +445,48 @@ def test_from_pretrained_backbones_with_local_directories(tmp_path, images, monk
     assert torch.equal(batch["pixel_values"], tiny_pixels)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
+
+
+def saved_with_edited_config(tmp_path, edit, projector_type="mlp", **tiny_settings):
+    """A tiny model saved to `tmp_path`, its config.json then changed by `edit`."""
+    model, _ = build_tiny_vlm(projector_type, **tiny_settings)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    edit(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("saved", "edited", "module", "fields"),
+    [
+        ({"projector_type": "mlp"}, {"projector_type": "linear"}, "multi_modal_projector", "projector_type"),
+        ({"projector_type": "perceiver"}, {"perceiver_num_layers": 3}, "multi_modal_projector", "projector_type"),
+        ({"projector_type": "perceiver", "fusion": "cross_attention", "cross_attention_layers": [1]},
+         {"cross_attention_layers": None}, "cross_attention_blocks",
+         "fusion, cross_attention_every and cross_attention_layers"),
+    ],
+)  # fmt: skip
+def test_a_config_that_does_not_match_its_weights_is_refused_naming_module_and_field(
+    tmp_path, saved, edited, module, fields
+):
+    directory = saved_with_edited_config(tmp_path, lambda config: config.update(edited), **saved)
+    with pytest.raises(ValueError, match=rf"parameters of {module} are missing .* made by the config's {fields}"):
+        VLMForConditionalGeneration.from_pretrained(directory)
+    with pytest.raises(ValueError, match=rf"parameters of {module} are missing"):
+        transformers.AutoModelForImageTextToText.from_pretrained(directory, trust_remote_code=True)
+
+
+@pytest.mark.parametrize("field", ["projector_type", "fusion", "vision_config", "text_config", "image_token_id"])
+def test_a_saved_config_without_a_required_field_is_refused_naming_it(tmp_path, field):
+    directory = saved_with_edited_config(tmp_path, lambda config: config.pop(field))
+    with pytest.raises(ValueError, match=rf"^The VLM config lacks {field}: a config saved with the model holds"):
+        VLMForConditionalGeneration.from_pretrained(directory)
+    with pytest.raises(ValueError, match=rf"^The VLM config lacks {field}"):
+        transformers.AutoConfig.from_pretrained(directory, trust_remote_code=True)
+
+
+def test_a_matching_saved_model_loads_with_its_loading_info_on_request(tmp_path):
+    directory = saved_with_edited_config(tmp_path, lambda config: None, projector_type="qformer")
+    model, info = VLMForConditionalGeneration.from_pretrained(directory, output_loading_info=True)
+    assert isinstance(model, VLMForConditionalGeneration) and not info["missing_keys"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -254,3 +255,38 @@ def test_batch_decode_skips_special_tokens(processor):
 def test_missing_image_token_in_tokenizer_raises(processor):
     with pytest.raises(ValueError, match="The tokenizer has no '<img>' token; add it"):
         type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer, image_token="<img>")
+
+
+@pytest.mark.parametrize(
+    ("shape", "input_data_format", "last"),
+    [
+        ((3, 50, 3), "channels_last", True),  # an RGB image 3 pixels tall
+        ((3, 50, 3), "channels_first", False),
+        ((4, 50, 4), "channels_last", True),  # RGBA, 4 pixels tall
+        ((4, 50, 4), "channels_first", False),
+        ((1, 7, 1), "channels_last", True),
+        ((3, 4, 256), None, False),  # the only end of size 1 or 3
+        ((4, 256, 3), None, True),  # RGB 4 pixels tall: an end of 3 before an end of 4
+        ((4, 20, 30), None, False),  # RGBA channels first
+    ],
+)
+def test_where_an_arrays_channels_are_follows_one_rule_or_the_callers_word(processor, shape, input_data_format, last):
+    array = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    channels_last = array if last else array.transpose(1, 2, 0)
+    expected = np.broadcast_to(channels_last[..., :3], (*channels_last.shape[:2], 3))  # grey: one channel, three times
+    image = to_rgb_image(array, input_data_format)
+    assert (np.asarray(image) == expected).all()
+    pixel_values = processor(images=[array], text=["<image>"], input_data_format=input_data_format,
+                             return_tensors="pt")["pixel_values"]  # fmt: skip
+    as_pil = processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, as_pil)
+
+
+@pytest.mark.parametrize("shape", [(3, 50, 3), (1, 50, 3), (4, 50, 4), (1, 9, 1)])
+def test_an_array_that_may_hold_its_channels_at_either_end_is_refused_unless_told(processor, shape):
+    array = np.zeros(shape, dtype=np.uint8)
+    with pytest.raises(ValueError, match=rf"shape \{re.escape(str(shape))[1:]} may hold its channels first or last; "
+                                         "say which with input_data_format="):  # fmt: skip
+        processor(images=[array], text=["<image>"], return_tensors="pt")
+    with pytest.raises(ValueError, match="input_data_format='HWC' is invalid; choose 'channels_first' or"):
+        to_rgb_image(array, "HWC")

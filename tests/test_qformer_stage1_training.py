@@ -56,7 +56,7 @@ def test_a_stage1_run_reports_retrieval_per_epoch_and_logs_each_objective(stage1
     assert "--qformer_init" in card.text
     model = QFormerForPretraining.from_pretrained(output_dir)
     assert QFormerPretrainingProcessor.from_pretrained(output_dir).decoder_token_id == model.config.decoder_token_id
-    assert (output_dir / "best" / "model.safetensors").is_file()  # best by recall_mean
+    assert (output_dir / "best" / "trainable.safetensors").is_file()  # best by recall_mean, lean
 
 
 def test_the_stage1_qformer_loads_into_the_vlm_projector_with_equal_weights(stage1_run, tmp_path):

@@ -4,13 +4,14 @@ starts afresh; checkpoints hold what trains and a checksum of every file, and a 
 frozen weights, is refused by name; `best/` stays small until the run ends.
 """
 
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import training.loop
 from models.tiny import build_tiny_vlm
@@ -72,22 +73,13 @@ def test_resuming_onto_other_frozen_weights_is_refused(tmp_path):
         train(replace(args, max_steps=6, resume_from_checkpoint="latest"), other_towers, processor)
 
 
-def test_an_align_checkpoint_holds_the_projector_only_and_best_is_complete_at_the_end(tmp_path, monkeypatch):
-    best_during_training = []
-    finish_best_model = training.loop.finish_best_model
-
-    def look_at_best_first(accelerator, model, processor, output_dir):
-        best_during_training.extend(sorted(path.name for path in (Path(output_dir) / "best").iterdir()))
-        finish_best_model(accelerator, model, processor, output_dir)
-
-    monkeypatch.setattr(training.loop, "finish_best_model", look_at_best_first)
+def test_an_align_run_leaves_one_complete_model_and_lean_checkpoints_and_best(tmp_path):
     args = checkpointed_args(tmp_path, eval_strategy="epoch", predict_with_generate=False, metric_for_best_model="loss")
-    train(args)
+    results = train(args)
     output_dir = Path(args.output_dir)
     checkpoint = output_dir / "checkpoint-6"
     projector = {name for name in saved_weights(output_dir) if name.startswith("multi_modal_projector.")}
     assert set(saved_weights(checkpoint)) == projector  # no frozen tower, no language model
-    assert (checkpoint / "model.safetensors").stat().st_size * 10 < (output_dir / "model.safetensors").stat().st_size
     frozen = json.loads((checkpoint / FROZEN_WEIGHTS_NAME).read_text())
     weights = saved_weights(output_dir)
     num_frozen = sum(tensor.numel() for name, tensor in weights.items() if name not in projector)
@@ -96,9 +88,35 @@ def test_an_align_checkpoint_holds_the_projector_only_and_best_is_complete_at_th
         "model.safetensors", "optimizer.bin", "trainer_state.json", FROZEN_WEIGHTS_NAME
     }  # fmt: skip
 
-    assert best_during_training == ["trainable.safetensors"]
-    best = saved_weights(output_dir / "best")
-    assert set(best) == set(saved_weights(output_dir)) and not (output_dir / "best" / "trainable.safetensors").exists()
+    # best/ is lean like a checkpoint: the best evaluation's trainable weights and the frozen weights' reference.
+    best_files = sorted(path.name for path in (output_dir / "best").iterdir())
+    assert best_files == [FROZEN_WEIGHTS_NAME, "trainable.safetensors"]
+    assert set(load_file(output_dir / "best" / "trainable.safetensors")) == projector
+    assert json.loads((output_dir / "best" / FROZEN_WEIGHTS_NAME).read_text()) == frozen
+    # One complete model on disk: every other weights file holds the projector only.
+    others = [path for path in output_dir.rglob("*.safetensors") if path != output_dir / "model.safetensors"]
+    assert len(others) == 3 and all(set(load_file(path)) == projector for path in others)  # 2 checkpoints, best
+    assert results.saved_step is None and "This repository holds the last model (step 6)." in (
+        output_dir / "README.md"
+    ).read_text()
+
+
+def test_load_best_model_at_end_saves_the_best_evaluation_not_the_last(tmp_path, monkeypatch):
+    losses = itertools.cycle([0.9, 0.5, 0.7])  # in each run, the evaluation after epoch 2 (step 6) is the best
+    monkeypatch.setattr(training.loop, "evaluate", lambda *args, **kwargs: ({"loss": next(losses)}, {}))
+    args = checkpointed_args(
+        tmp_path, eval_strategy="epoch", metric_for_best_model="loss", num_train_epochs=3, max_train_samples=24,
+        load_best_model_at_end=True,
+    )  # fmt: skip
+    results = train(args)
+    assert (results.best_step, results.global_step, results.saved_step) == (6, 9, 6)
+    output_dir = Path(args.output_dir)
+    best, saved = load_file(output_dir / "best" / "trainable.safetensors"), saved_weights(output_dir)
+    assert best and all(torch.equal(saved[name], tensor) for name, tensor in best.items())
+    last = train(replace(args, load_best_model_at_end=False, output_dir=str(tmp_path / "last")))
+    assert not all(torch.equal(saved_weights(tmp_path / "last")[name], tensor) for name, tensor in best.items())
+    assert last.saved_step is None
+    assert "This repository holds the best model (step 6)." in (output_dir / "README.md").read_text()
 
 
 def test_overwriting_refuses_to_remove_the_model_the_run_starts_from(tmp_path):
@@ -136,14 +154,16 @@ def test_resuming_an_earlier_checkpoint_abandons_what_came_after_it(tmp_path):
     )
     train(args)
     output_dir = Path(args.output_dir)
-    (output_dir / "best" / "model.safetensors").unlink()  # keep only the lean file a crash would leave
     save_file({"w": torch.zeros(1)}, str(output_dir / "best" / "trainable.safetensors"), metadata={"step": "6"})
     state = json.loads((output_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["best_step"] is None  # saved at the epoch's last step, before its evaluation
-    resumed = train(replace(args, resume_from_checkpoint=str(output_dir / "checkpoint-3"), max_steps=4, save_steps=4))
-    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
-    assert resumed.best_step in (3, 4)
-    assert set(saved_weights(output_dir / "best")) == set(saved_weights(output_dir))  # the stale file was not used
+    abandoned = (output_dir / "checkpoint-6" / "trainer_state.json").stat().st_mtime_ns
+    resumed = train(replace(args, resume_from_checkpoint=str(output_dir / "checkpoint-3"), save_steps=2))
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (3, 4, 6)]
+    assert (output_dir / "checkpoint-6" / "trainer_state.json").stat().st_mtime_ns != abandoned  # written anew
+    assert resumed.best_step in (3, 6)
+    best = load_file(output_dir / "best" / "trainable.safetensors")
+    assert all(name.startswith("multi_modal_projector.") for name in best)  # the stale file was not kept
 
 
 def test_a_checkpoint_without_its_frozen_weights_reference_is_refused(tmp_path):

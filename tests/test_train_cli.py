@@ -4,19 +4,19 @@ projector comparison command with its table."""
 import json
 import math
 import os
-import shutil
+import pty
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 import train_accelerate
-from tiny_runs import CONFIGS, REPO_ROOT, tiny_args
+from tiny_runs import CONFIGS, REPO_ROOT, saved_weights, tiny_args
 from training import train
 from training.checkpointing import latest_checkpoint
+from training.integrity import CheckpointError
 from training.model_setup import build_model
 
 
@@ -59,12 +59,14 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     )
     assert math.isclose(results["history"][0]["loss"], alone.history[0]["loss"], rel_tol=1e-5)
 
-    # The two processes' checkpoint holds the trainable weights under the model's own names: one process resumes it.
-    resumed_dir = tmp_path / "resumed-alone"
-    shutil.copytree(output_dir / "checkpoint-4", resumed_dir / "checkpoint-4")
-    one_process = tiny_args(tmp_path, stage="finetune", max_train_samples=64, output_dir=str(resumed_dir))
-    resumed = train(replace(one_process, resume_from_checkpoint="latest"))
-    assert resumed.global_step == 8  # 64 images in batches of 8 on one process, resumed at step 4
+    # The two processes' checkpoint holds the trainable weights under the model's own names (no DDP `module.`), and
+    # records its process count: one process resuming it would change the batches, and is refused.
+    assert all(name.startswith(("language_model.", "multi_modal_projector.")) for name in
+               saved_weights(output_dir / "checkpoint-4"))  # fmt: skip
+    flags = command[command.index("--config"):]
+    one_process = train_accelerate.parse_args([*flags[2:], "--resume_from_checkpoint", "latest"], flags[1])
+    with pytest.raises(CheckpointError, match=r"other settings \(num_processes 2 -> 1\)"):
+        train(one_process)
 
 
 def test_comparison_command_prints_the_table_with_the_untrained_baseline(tmp_path, capsys):
@@ -163,3 +165,82 @@ def test_model_config_sets_projector_settings_from_yaml_or_json(tmp_path):
     flags = ["--model_name_or_path", str(tmp_path), "--model_config", '{"qformer_num_queries": 3}']
     with pytest.raises(ValueError, match="would change the projector of the saved model"):
         train_accelerate.parse_args(flags)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("projector_lr", "-0.001", "a number >= 0"),
+        ("learning_rate", "-0.5", "a number >= 0"),
+        ("max_train_samples", "0", "a positive integer"),
+        ("max_eval_samples", "0", "a positive integer"),
+        ("per_device_train_batch_size", "0", "a positive integer"),
+        ("logging_steps", "0", "a positive integer"),
+        ("gradient_accumulation_steps", "0", "a positive integer"),
+        ("save_total_limit", "0", "a positive integer"),
+        ("save_steps", "-5", "an integer >= 0"),
+        ("max_steps", "0", r"a positive integer, or -1 \(unset\)"),
+        ("warmup_ratio", "1.5", r"a number in \[0, 1\]"),
+        ("adam_beta2", "1", r"a number in \[0, 1\)"),
+        ("max_grad_norm", "nan", "a number > 0"),
+    ],
+)
+def test_a_bad_number_is_refused_naming_the_flag_before_anything_loads(flag, value, expected, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(train_accelerate, "train", must_not_run)
+    with pytest.raises(ValueError, match=rf"^{flag}=\S+ is invalid; it must be {expected}\.$"):
+        train_accelerate.main(["--config", str(CONFIGS / "tiny_shapes.yaml"), f"--{flag}", value])
+
+
+def test_a_value_of_a_wrong_type_is_refused_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"^per_device_train_batch_size='16' is invalid; it must be a positive int"):
+        tiny_args(tmp_path, per_device_train_batch_size="16")
+    with pytest.raises(ValueError, match=r"^learning_rate=True is invalid; it must be a number >= 0"):
+        tiny_args(tmp_path, learning_rate=True)
+
+
+def test_flags_override_the_yamls_model_source_and_none_unsets_a_value(tmp_path):
+    config = CONFIGS / "tiny_shapes.yaml"
+    saved = train_accelerate.parse_args(["--model_name_or_path", str(tmp_path)], config)
+    assert (saved.model, saved.model_name_or_path) == (None, str(tmp_path))
+    towers = train_accelerate.parse_args(["--vision_model", "v", "--text_model", "t"], config)
+    assert (towers.model, towers.vision_model, towers.text_model) == (None, "v", "t")
+    for spelling in ("none", "None", "null", ""):
+        args = train_accelerate.parse_args([f"--conversations={spelling}", "--eval_vqa", spelling], config)
+        assert (args.conversations, args.eval_vqa, args.eval_pope) == (None, None, "shapes")
+    with pytest.raises(ValueError, match="Choose exactly one model source"):
+        train_accelerate.parse_args(["--model", "none"], config)  # unset, and nothing in its place
+    both = tmp_path / "both.yaml"
+    both.write_text(f"model: tiny\nmodel_name_or_path: {tmp_path}\n")
+    with pytest.raises(ValueError, match=rf"{both} sets several model sources \(model, model_name_or_path\)"):
+        train_accelerate.parse_args([], both)
+
+
+@pytest.mark.parametrize("stdin", ["closed", "a terminal"])
+def test_training_from_a_saved_model_asks_nothing_and_warns_nothing(tmp_path, stdin):
+    saved = tmp_path / "saved"
+    train(tiny_args(tmp_path, output_dir=str(saved), max_steps=1))
+    command = [
+        sys.executable, "train_accelerate.py", "--config", str(CONFIGS / "tiny_shapes.yaml"), "--model_name_or_path",
+        str(saved), "--max_steps", "1", "--max_train_samples", "8", "--per_device_train_batch_size", "8",
+        "--conversations", "none", "--eval_vqa", "none", "--eval_pope", "none", "--eval_strategy", "no",
+        "--report_to", "none", "--save_steps", "0", "--output_dir", str(tmp_path / "continued"),
+        "--feature_cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    terminal = None
+    if stdin == "a terminal":
+        terminal, stdin_end = pty.openpty()
+    else:
+        stdin_end = subprocess.DEVNULL
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    try:
+        completed = subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=stdin_end, capture_output=True, text=True,
+                                   timeout=120)  # fmt: skip
+    finally:
+        if terminal is not None:
+            os.close(terminal), os.close(stdin_end)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for unwanted in ("Do you wish to run the custom code", "trust_remote_code", "You are using a model of type"):
+        assert unwanted not in completed.stdout + completed.stderr

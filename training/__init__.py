@@ -3,13 +3,16 @@
 Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Accelerate, one job per module:
 
 - `arguments`: [`VLMTrainingArguments`], every setting of a run, and the YAML config files that fill it;
+- `argument_rules`: the type and range of every number a run is given;
 - `model_setup`: the model source (a Q-Former stage-1 model, or a VLM whose Q-Former starts from one), the freeze
   stage (`align`, `finetune`, `lora`), AdamW and the schedule;
 - `data`: caption examples, the collator, the training loader and the evaluation set;
 - `pair_data`: Q-Former stage 1's image-text pairs and its retrieval evaluation set;
 - `feature_cache`: the on-disk cache of a frozen vision tower's features;
 - `integrity`: checksum manifests and the frozen weights' reference, what makes a checkpoint safe to resume;
-- `checkpointing`: the output directory, lean atomic checkpoints, rotation, verified resume;
+- `checkpointing`: lean atomic checkpoints, rotation, verified resume of the same run;
+- `output_dir`, `run_lock`: the output directory checked before a run writes to it, and held by one run at a time;
+- `preemption`: SIGTERM and SIGINT stop a run after a checkpoint;
 - `saved_models`: the final model and `best/`;
 - `telemetry`: what is logged while training;
 - `evaluation`: validation loss and COCO caption metrics during training;
@@ -20,7 +23,7 @@ Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Acce
 - `comparison`: [`run_comparison`] and the table of the projector (and fusion) comparison.
 """
 
-from .arguments import VLMTrainingArguments, load_yaml_config
+from .arguments import MODEL_SOURCE_FIELDS, VLMTrainingArguments, load_yaml_config
 from .comparison import (
     ALL_RUNS,
     COMPARE_ALL,
@@ -32,14 +35,18 @@ from .comparison import (
     run_settings,
 )
 from .loop import train, training_step
+from .preemption import INTERRUPTED_EXIT_STATUS, TrainingInterrupted
 from .results import TrainingResults
 
 
 __all__ = [
     "ALL_RUNS",
     "COMPARE_ALL",
+    "INTERRUPTED_EXIT_STATUS",
+    "MODEL_SOURCE_FIELDS",
     "RUN_NAMES",
     "STAGE1_RUN",
+    "TrainingInterrupted",
     "TrainingResults",
     "VLMTrainingArguments",
     "load_yaml_config",

@@ -15,12 +15,16 @@ import yaml
 from configuration_vlm import FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
 from evaluation.captioning import CAPTION_PROMPT
 
+from .argument_rules import check_numbers
+
 
 FREEZE_STAGES = ("align", "finetune", "lora")
 QFORMER_STAGE1 = "qformer_stage1"
 STAGES = (*FREEZE_STAGES, QFORMER_STAGE1)
 DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_MAX_CAPTION_TOKENS = 64
+UNSET_VALUES = ("none", "null", "")
+MODEL_SOURCE_FIELDS = ("model", "vision_model", "text_model", "model_name_or_path")
 # `VLMConfig` settings that are training arguments of their own.
 CONFIG_FIELDS_WITH_ARGUMENTS = ("projector_type", "fusion", "vision_feature_layer", "loss_chunk_size")
 # The `VLMConfig` settings a run may choose in `model_config`: the projector's; the towers come from the model source.
@@ -30,6 +34,16 @@ MODEL_CONFIG_KEYS = tuple(
     if name not in ("self", "kwargs", "vision_config", "text_config", *CONFIG_FIELDS_WITH_ARGUMENTS)
     and not name.startswith("image_token")
 )
+# What defines a run's data order, batches and schedule: its checkpoints record these, and a resume that changes one is
+# refused. Everything else (evaluation, logging, checkpoint frequency, workers, the feature cache, gradient
+# checkpointing, the outputs) may change on resume.
+RESUME_SETTINGS = (
+    "stage", "dataset", "train_split", "max_train_samples", "conversations", "max_train_conversations",
+    "skip_invalid_conversations", "max_caption_tokens", "prompt", "max_length", "group_by_length", "seed",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
+    "projector_lr", "llm_lr", "vision_lr", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+)  # fmt: skip
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -215,6 +229,13 @@ class VLMTrainingArguments:
         default=None, metadata={"help": "Metric that picks output_dir/best; CIDEr (stage 1: recall_mean) by default."}
     )
     num_sample_captions: int = field(default=6, metadata={"help": "Generated captions shown in the model card."})
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "Save the best model by metric_for_best_model in output_dir, not the last one (output_dir/best "
+            "keeps the best trainable weights either way)."
+        },
+    )
 
     # Checkpoints and outputs.
     output_dir: str = field(default="outputs/vlm", metadata={"help": "Where the run writes everything."})
@@ -238,6 +259,11 @@ class VLMTrainingArguments:
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repository private."})
 
     def __post_init__(self) -> None:
+        optional = {f.name for f in fields(self) if f.default is None}
+        for name in optional:  # `--model none` (or '', null) unsets what a YAML file set
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in UNSET_VALUES:
+                setattr(self, name, None)
+        check_numbers({f.name: getattr(self, f.name) for f in fields(self)}, optional)
         self._check_model_source()
         if self.fusion not in FUSION_TYPES:
             raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
@@ -249,8 +275,6 @@ class VLMTrainingArguments:
             raise ValueError(f"stage={self.stage!r} is invalid; choose one of {STAGES}.")
         if self.eval_strategy not in ("epoch", "no"):
             raise ValueError(f"eval_strategy={self.eval_strategy!r} is invalid; choose 'epoch' or 'no'.")
-        if self.max_caption_tokens < 1:
-            raise ValueError(f"max_caption_tokens={self.max_caption_tokens} is invalid; it must be at least 1.")
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise ValueError(
                 "overwrite_output_dir starts afresh and resume_from_checkpoint continues a run: pass one of them."
@@ -283,10 +307,7 @@ class VLMTrainingArguments:
             raise ValueError("`vision_model` and `text_model` go together: pass both.")
 
     def _check_loss_chunk_size(self) -> None:
-        size = self.loss_chunk_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"loss_chunk_size={size!r} is invalid; it must be a positive integer (or unset).")
-        if size is not None and self.stage == QFORMER_STAGE1:
+        if self.loss_chunk_size is not None and self.stage == QFORMER_STAGE1:
             raise ValueError(
                 "loss_chunk_size chunks the language model's loss, and stage qformer_stage1 has no language model: "
                 "unset it."
@@ -314,8 +335,6 @@ class VLMTrainingArguments:
                     "image-caption pairs: pass a caption dataset."
                 )
             self.conversations = self.eval_vqa = self.eval_pope = None
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(f"max_length={self.max_length} is invalid; it must be at least 1 (or unset).")
 
     def _check_qformer_stages(self) -> None:
         """Stage 1 trains a new Q-Former on a frozen tower; `qformer_init` hands one to a new `qformer` projector."""
@@ -361,6 +380,10 @@ class VLMTrainingArguments:
                 "text_model (or model: tiny)."
             )
         return config
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The [`RESUME_SETTINGS`] of this run, by name."""
+        return {name: getattr(self, name) for name in RESUME_SETTINGS}
 
     @property
     def trackers(self) -> list[str] | None:

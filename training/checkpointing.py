@@ -49,6 +49,7 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)
+    run_settings: dict = field(default_factory=dict)  # what must not change on resume (see `check_run_settings`)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -143,15 +144,17 @@ def find_checkpoint(
     return checkpoint
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: str, output_dir: str) -> TrainerState:
+def load_checkpoint(accelerator: Accelerator, checkpoint: str, output_dir: str, settings: dict) -> TrainerState:
     """
-    Restores the prepared objects from a verified `checkpoint` and returns the state to continue from. Checkpoints of
-    `output_dir` newer than it belong to the run being abandoned: they are removed, so that they can neither rotate
-    the new ones out nor be resumed later.
+    Restores the prepared objects from a verified `checkpoint` and returns the state to continue from, once its run's
+    `settings` are found equal to this run's (see [`check_run_settings`]). Checkpoints of `output_dir` newer than it
+    belong to the run being abandoned: they are removed, so that they can neither rotate the new ones out nor be
+    resumed later.
     """
-    accelerator.load_state(checkpoint)
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as file:
         state = TrainerState(**json.load(file))
+    check_run_settings(state.run_settings, settings, checkpoint)
+    accelerator.load_state(checkpoint)
     if accelerator.is_main_process:
         for step, path in _checkpoints(output_dir):
             if step > state.global_step:
@@ -160,6 +163,23 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str, output_dir: str) 
     accelerator.wait_for_everyone()
     accelerator.print(f"Resumed from {checkpoint}: step {state.global_step}, epoch {state.epoch}.")
     return state
+
+
+def check_run_settings(saved: dict, current: dict, checkpoint: str) -> None:
+    """
+    Raises [`CheckpointError`] naming every setting whose value differs between the run that wrote `checkpoint`
+    (`saved`) and this one (`current`): each of them changes the data order, the batches or the schedule, so the
+    resumed run would not be the run it continues. A setting the checkpoint did not record is not compared.
+    """
+    changed = [
+        f"{name} {saved[name]!r} -> {value!r}" for name, value in current.items() if saved.get(name, value) != value
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{checkpoint} was written by a run with other settings ({'; '.join(changed)}): resuming would change "
+            "its data order, batches or schedule. Resume with the checkpoint's settings, or start afresh with "
+            "--overwrite_output_dir."
+        )
 
 
 def keep_checkpoints_lean(accelerator: Accelerator) -> None:
@@ -232,6 +252,16 @@ class Checkpointer:
         """The verified checkpoint to resume from, or `None` (see [`find_checkpoint`])."""
         return find_checkpoint(self.accelerator, checkpoint, self.output_dir, self.frozen)
 
-    def load(self, checkpoint: str | None) -> TrainerState:
-        """The state to continue from: restored from `checkpoint` (see [`load_checkpoint`]), or a fresh one."""
-        return TrainerState() if checkpoint is None else load_checkpoint(self.accelerator, checkpoint, self.output_dir)
+    def load(self, checkpoint: str | None, settings: dict) -> TrainerState:
+        """
+        The state to continue from: restored from `checkpoint` (see [`load_checkpoint`]) if its run had these
+        `settings`, or a fresh one that records them.
+        """
+        if checkpoint is None:
+            return TrainerState(run_settings=settings)
+        return load_checkpoint(self.accelerator, checkpoint, self.output_dir, settings)
+
+    def saved(self, global_step: int) -> str | None:
+        """The checkpoint written after optimizer step `global_step`, if one was."""
+        path = os.path.join(self.output_dir, f"{CHECKPOINT_PREFIX}{global_step}")
+        return path if self.due(global_step) and os.path.isdir(path) else None

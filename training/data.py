@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from data.captions import load_captions, open_image, readable_rows
+from data.captions import load_captions, merge_repeated_ids, open_image, readable_rows
 from evaluation.captioning import CAPTION_PROMPT, caption_messages, caption_prompt
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
@@ -242,7 +242,7 @@ def load_splits_and_features(
     """
     with accelerator.main_process_first():
         train_data = load_split(args, args.train_split, args.max_train_samples)
-        eval_data = load_split(args, args.eval_split, args.max_eval_samples)
+        eval_data = merge_repeated_ids(load_split(args, args.eval_split, args.max_eval_samples))
     features: dict[str, VisionFeatures | None] = {"train": None, "eval": None}
     if args.cache_vision_features and not any(p.requires_grad for p in model.vision_tower.parameters()):
         with accelerator.local_main_process_first():

@@ -39,6 +39,7 @@ from .model_setup import (
 )
 from .output_dir import prepare_output_dir
 from .pair_data import RetrievalEvalSet
+from .preemption import StopRequests, TrainingInterrupted
 from .results import (
     TrainingResults,
     bridge_description,
@@ -50,7 +51,8 @@ from .results import (
 )
 from .retrieval_evaluation import evaluate_retrieval
 from .run_data import prepare_run_data
-from .saved_models import discard_stale_best, finish_best_model, save_best_model, save_final_model
+from .run_lock import hold_output_dir
+from .saved_models import SHARDED, discard_stale_best, finish_best_model, save_best_model, save_final_model
 from .telemetry import StepWindow, training_logs
 
 
@@ -101,21 +103,37 @@ def train(
 ) -> TrainingResults:
     """
     Trains as `args` says and returns the results (also written to `output_dir/training_results.json`). `model` and
-    `processor` replace the model source of `args` when given.
+    `processor` replace the model source of `args` when given. The run holds `output_dir` from start to end (a second
+    run into it is refused), and stops with a checkpoint on SIGTERM or SIGINT ([`TrainingInterrupted`]).
     """
     if (model is None) != (processor is None):
         raise ValueError("Pass `model` and `processor` together, or neither to build them from `args`.")
     wall_start = time.perf_counter()
     accelerator = make_accelerator(args)
+    with hold_output_dir(accelerator, args.output_dir):
+        try:
+            return run_training(args, accelerator, model, processor, wall_start)
+        except TrainingInterrupted:
+            accelerator.end_training()
+            raise
+
+
+def run_training(
+    args: VLMTrainingArguments,
+    accelerator: Accelerator,
+    model: VLMForConditionalGeneration | None,
+    processor: VLMProcessor | None,
+    wall_start: float,
+) -> TrainingResults:
+    """The run of [`train`], in its held output directory."""
     set_seed(args.seed)
     source = model_source(args) if model is None else {"model": f"a {type(model).__name__} passed to train()"}
     vlm, processor = (model, processor) if model is not None else build_model(args)
     model = prepare_model_for_training(vlm, args)
     parameter_counts = count_parameters(model)
     # Checkpoints leave the frozen weights out: the main process, which writes and verifies checkpoints, fingerprints
-    # them so that a run resumes only onto the same ones.
-    uses_checkpoints = args.save_steps > 0 or args.resume_from_checkpoint is not None
-    frozen = FrozenWeights.of(model, source) if uses_checkpoints and accelerator.is_main_process else None
+    # them so that a run resumes only onto the same ones. Every run can checkpoint: a stop signal writes one.
+    frozen = FrozenWeights.of(model, source) if accelerator.is_main_process else None
     prepare_output_dir(
         accelerator, args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint, list(source.values())
     )
@@ -128,7 +146,9 @@ def train(
     # The training loader goes through the same `prepare` call as the model: DeepSpeed sizes its batches from it.
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, data.train_loader, scheduler)
     data = replace(data, train_loader=train_loader)
-    state = checkpointer.load(checkpoint)
+    settings = {**args.resume_settings(), "mixed_precision": accelerator.mixed_precision,
+                "num_processes": accelerator.num_processes, "num_train_examples": num_examples}  # fmt: skip
+    state = checkpointer.load(checkpoint, settings)
     discard_stale_best(accelerator, args.output_dir, state.best_step)
 
     run_name = args.run_name or os.path.basename(os.path.abspath(args.output_dir))
@@ -137,16 +157,17 @@ def train(
     accelerator.print(
         run_summary(bridge_description(vlm), args.stage, data, schedule, parameter_counts, samples_per_step)
     )
-    captions = run_epochs(
-        args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, checkpointer
-    )
+    with StopRequests() as stop:
+        captions = run_epochs(
+            args, accelerator, model, processor, optimizer, scheduler, data, schedule, state, checkpointer, stop
+        )
 
-    finish_best_model(accelerator, model, processor, args.output_dir)
+    saved_step = finish_best_model(accelerator, model, args.output_dir, frozen, args.load_best_model_at_end)
     save_final_model(accelerator, model, processor, args.output_dir, merge_adapter=args.stage == "lora")
     sample_captions = list(captions.items())[: args.num_sample_captions]
     results = collect_results(
         accelerator, vlm, args.output_dir, args.stage, data, state, parameter_counts, sample_captions,
-        wall_time_s=time.perf_counter() - wall_start,
+        wall_time_s=time.perf_counter() - wall_start, saved_step=saved_step,
     )  # fmt: skip
     accelerator.print(results_summary(results))
     if accelerator.is_main_process:
@@ -186,6 +207,11 @@ def make_accelerator(args: VLMTrainingArguments) -> Accelerator:
         raise ValueError(
             "The lora stage merges adapters into unsharded weights: run it with DDP or DeepSpeed, not FSDP."
         )
+    if args.load_best_model_at_end and accelerator.distributed_type in SHARDED:
+        raise ValueError(
+            "load_best_model_at_end reloads the best trainable parameters into unsharded weights: under FSDP or "
+            "DeepSpeed, best/ holds the complete best model instead; leave load_best_model_at_end off."
+        )
     return accelerator
 
 
@@ -200,12 +226,13 @@ def run_epochs(
     schedule: TrainingSchedule,
     state: TrainerState,
     checkpointer: Checkpointer,
+    stop: StopRequests,
 ) -> dict[str, str]:
     """
     Trains from `state` to the end of `schedule`: one [`training_step`] per micro-batch, logs every
     `args.logging_steps`, the `checkpointer`'s checkpoints, an evaluation after every epoch (and before the first
     step with `args.eval_before_training`, after the last one when `max_steps` ends mid-epoch). Returns the captions
-    of the last evaluation.
+    of the last evaluation. Raises [`TrainingInterrupted`] after the checkpoint of the step that a `stop` came in.
     """
     unwrapped = bare_model(accelerator, model)
     bar = tqdm(
@@ -235,6 +262,7 @@ def run_epochs(
                 window.add_batch(loss, batch, objectives)
             if accelerator.sync_gradients:
                 end_optimizer_step(report, checkpointer, state, grad_norm, args.logging_steps, schedule.total_steps)
+                stop_if_asked(stop, report, checkpointer, state, grad_norm)
                 if state.global_step >= schedule.total_steps and state.step_in_epoch < len(data.train_loader):
                     break  # max_steps reached mid-epoch
         if state.step_in_epoch < len(data.train_loader):
@@ -316,6 +344,16 @@ def end_optimizer_step(
     if checkpointer.due(state.global_step):
         report.record(state, grad_norm)
         checkpointer.save(state)
+
+
+def stop_if_asked(
+    stop: StopRequests, report: ProgressReport, checkpointer: Checkpointer, state: TrainerState, grad_norm: torch.Tensor
+) -> None:
+    """After an optimizer step: when a stop signal came in (on any process), checkpoints and raises."""
+    if stop.should_stop(report.accelerator):
+        report.record(state, grad_norm)
+        checkpoint = checkpointer.saved(state.global_step) or checkpointer.save(state)
+        raise TrainingInterrupted(stop.received or "a stop signal to another process", checkpoint, state.global_step)
 
 
 def evaluate_and_record(

@@ -194,6 +194,10 @@ def _results_fields(results: TrainingResults) -> dict[str, str | int]:
         "num_eval_images": results.num_eval_images,
         "best_metric": format_score(results.best_metric),
         "best_step": results.best_step,
+        "saved_model": (
+            f"the best model (step {results.saved_step})" if results.saved_step is not None
+            else f"the last model (step {results.global_step})"
+        ),
         "hardware": results.hardware,
         "num_processes": results.num_processes,
         "mixed_precision": results.mixed_precision,

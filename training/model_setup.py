@@ -73,7 +73,9 @@ def build_model(
         model, processor = build_tiny_vlm(args.projector_type, seed=args.seed, fusion=args.fusion, **config_kwargs)
     elif args.model_name_or_path is not None:
         model = VLMForConditionalGeneration.from_pretrained(args.model_name_or_path, **config_kwargs)
-        return model, VLMProcessor.from_pretrained(args.model_name_or_path)
+        # transformers >= 5.23 reads the saved processor's config through its `auto_map`: without trust_remote_code it
+        # asks on stdin whether to run the directory's code (our own, saved with the model), then warns.
+        return model, VLMProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=True)
     else:
         set_seed(args.seed)
         model, processor = VLMForConditionalGeneration.from_pretrained_backbones(

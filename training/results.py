@@ -57,6 +57,7 @@ class TrainingResults:
     num_visual_tokens: int | None = None  # projector tokens per image (the keys and values with cross-attention)
     cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
     num_train_conversations: int = 0
+    saved_step: int | None = None  # the step of the complete model saved in output_dir (None: the last one)
 
     def save(self, output_dir: str) -> str:
         """Writes `training_results.json` into `output_dir`; returns its path."""
@@ -81,8 +82,12 @@ def collect_results(
     parameter_counts: tuple[int, int],
     sample_captions: list[tuple[str, str]],
     wall_time_s: float,
+    saved_step: int | None = None,
 ) -> TrainingResults:
-    """The [`TrainingResults`] of a finished run, with `(image id, caption)` samples."""
+    """
+    The [`TrainingResults`] of a finished run, with `(image id, caption)` samples and the step of the saved model
+    (`None`: the last one).
+    """
     references = data.eval_set.references
     final_metrics = state.history[-1] if state.history else {}
     return TrainingResults(
@@ -108,6 +113,7 @@ def collect_results(
         num_processes=accelerator.num_processes,
         mixed_precision=str(accelerator.mixed_precision),
         sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
+        saved_step=saved_step,
         **bridge_fields(vlm),
     )
 

@@ -2,10 +2,11 @@
 """
 The models a run leaves in its output directory, as `save_pretrained` directories that the Auto classes load:
 
-- the final model in `output_dir` (for `lora`, merged, with the adapter alone in `output_dir/adapter`);
-- the best model by the chosen metric in `output_dir/best`. While the run trains, `best/` holds only the trainable
-  parameters of the best evaluation so far (`trainable.safetensors`); [`finish_best_model`] writes the complete
-  model there once, at the end. FSDP and DeepSpeed runs save `best/` complete every time.
+- one complete model in `output_dir` (for `lora`, merged, with the adapter alone in `output_dir/adapter`): the last
+  one, or with `load_best_model_at_end` (transformers' Trainer convention) the best one by the chosen metric;
+- `output_dir/best`, lean as a checkpoint: the trainable parameters of the best evaluation (`trainable.safetensors`)
+  and the reference to the frozen weights they go with (`frozen_weights.json`), so that a run's disk holds one
+  complete model. FSDP and DeepSpeed runs save `best/` complete, from their shards.
 """
 
 import os
@@ -20,6 +21,7 @@ from torch import nn
 from processing_vlm import VLMProcessor
 
 from .checkpointing import TrainerState, load_trainable_parameters, trainable_parameters
+from .integrity import FrozenWeights
 from .model_setup import bare_model
 
 
@@ -95,23 +97,26 @@ def discard_stale_best(accelerator: Accelerator, output_dir: str, best_step: int
     accelerator.wait_for_everyone()
 
 
-def finish_best_model(accelerator: Accelerator, model: nn.Module, processor: VLMProcessor, output_dir: str) -> None:
+def finish_best_model(
+    accelerator: Accelerator, model: nn.Module, output_dir: str, frozen: FrozenWeights | None, load_best: bool
+) -> int | None:
     """
-    Writes the complete best model into `output_dir/best` from the trainable parameters kept there, then puts the
-    model's own (final) parameters back. Call it before [`save_final_model`], which merges LoRA adapters.
+    Leaves `output_dir/best` lean (its trainable parameters and the `frozen` weights' reference). With `load_best`,
+    loads the best parameters into `model`, so that [`save_final_model`], called next, saves the best model; returns
+    the step of the parameters `model` holds then: the best one, or `None` when they are the last ones.
     """
-    best_dir = os.path.join(output_dir, BEST_DIR)
-    best_file = os.path.join(best_dir, BEST_TRAINABLE_NAME)
+    best_file = os.path.join(output_dir, BEST_DIR, BEST_TRAINABLE_NAME)
     if not os.path.isfile(best_file):
-        return
-    bare = bare_model(accelerator, model)
-    final = trainable_state_dict(accelerator, model)
-    load_trainable_parameters(bare, load_file(best_file), best_file)
-    save_model(accelerator, model, processor, best_dir)
-    load_trainable_parameters(bare, final, "the final parameters")
-    if accelerator.is_main_process:
-        os.remove(best_file)
+        return None
+    if accelerator.is_main_process and frozen is not None:
+        frozen.save(os.path.join(output_dir, BEST_DIR))
     accelerator.wait_for_everyone()
+    if not load_best:
+        return None
+    with safe_open(best_file, framework="pt") as file:
+        step = int((file.metadata() or {})["step"])
+    load_trainable_parameters(bare_model(accelerator, model), load_file(best_file), best_file)
+    return step
 
 
 def save_final_model(
