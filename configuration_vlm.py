@@ -9,6 +9,9 @@ from transformers.activations import ACT2FN
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
 FUSION_TYPES = ("early", "cross_attention")
+VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+# Vision towers whose token sequence starts with a class token (CLIP's); SigLIP's has none.
+TOWERS_WITH_CLASS_TOKEN = ("clip_vision_model",)
 
 # SigLIP-base-patch16-224: 224 px images, 16 px patches -> 196 patch tokens of width 768.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -108,6 +111,10 @@ class VLMConfig(PretrainedConfig):
         vision_feature_layer (`int`, *optional*, defaults to -1):
             Vision layer whose patch tokens feed the projector. `-1` is the tower's `last_hidden_state` (for SigLIP,
             after its post-LayerNorm); other values index `hidden_states` (0 = embeddings, k = output of layer k).
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+            Which of the vision layer's tokens feed the projector, as LLaVA names it: `"default"` drops the class
+            token of a tower that has one (CLIP's; LLaVA-1.5 with `vision_feature_layer=-2`), `"full"` keeps it.
+            Towers without a class token (SigLIP) give all their patch tokens either way.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             Placeholder token that the processor repeats `num_image_tokens` times per image (once with cross-attention
             fusion, where it marks the image that the text after it attends to).
@@ -151,6 +158,7 @@ class VLMConfig(PretrainedConfig):
         perceiver_num_heads: int = 12,
         projector_ffn_multiplier: int = 4,
         vision_feature_layer: int = -1,
+        vision_feature_select_strategy: str = "default",
         image_token: str = "<image>",
         image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
         fusion: str = "early",
@@ -175,6 +183,7 @@ class VLMConfig(PretrainedConfig):
         self.perceiver_num_heads = perceiver_num_heads
         self.projector_ffn_multiplier = projector_ffn_multiplier
         self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_select_strategy = vision_feature_select_strategy
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.fusion = fusion
@@ -184,6 +193,7 @@ class VLMConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_projector()
+        self.validate_vision_features()
         self.validate_fusion()
 
     def validate_projector(self) -> None:
@@ -239,6 +249,15 @@ class VLMConfig(PretrainedConfig):
             raise ValueError(
                 f"vision_feature_layer={layer!r} is invalid; it must be an integer in [{-num_layers - 1}, "
                 f"{num_layers - 1}] for a vision tower with {num_layers} layers (-1: the tower's last_hidden_state)."
+            )
+
+    def validate_vision_features(self) -> None:
+        """Raises `ValueError` naming the field when `vision_feature_select_strategy` is not one of its values."""
+        strategy = self.vision_feature_select_strategy
+        if strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy={strategy!r} is invalid; choose 'default' (drop a class token) or "
+                "'full' (keep it)."
             )
 
     def validate_fusion(self) -> None:
@@ -310,9 +329,17 @@ class VLMConfig(PretrainedConfig):
         return self.qformer_intermediate_size or self.qformer_width * self.projector_ffn_multiplier
 
     @property
+    def drops_class_token(self) -> bool:
+        """Whether the vision tower's class token is left out of its features (`vision_feature_select_strategy`)."""
+        has_class_token = self.vision_config.model_type in TOWERS_WITH_CLASS_TOKEN
+        return has_class_token and self.vision_feature_select_strategy == "default"
+
+    @property
     def num_patches(self) -> int:
-        """Patch tokens the vision tower returns per image."""
-        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        """Tokens the vision features hold per image: the patch tokens, and a kept class token."""
+        patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        has_class_token = self.vision_config.model_type in TOWERS_WITH_CLASS_TOKEN
+        return patches + int(has_class_token and not self.drops_class_token)
 
     @property
     def num_visual_tokens(self) -> int:

@@ -436,17 +436,22 @@ CONFIG_FIELDS_OF_MODULES = {
 # Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
 TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
 
-def vision_tower_features(vision_tower: nn.Module, pixel_values: torch.FloatTensor, layer: int) -> torch.FloatTensor:
+def vision_tower_features(
+    vision_tower: nn.Module, pixel_values: torch.FloatTensor, layer: int, drop_class_token: bool = False
+) -> torch.FloatTensor:
     """
-    Patch tokens `(num_images, num_patches, vision_hidden_size)` of `vision_tower`'s layer `layer` (see
-    `VLMConfig.vision_feature_layer`) for `pixel_values` `(num_images, num_channels, image_size, image_size)`.
+    Tokens `(num_images, num_patches, vision_hidden_size)` of `vision_tower`'s layer `layer` (see
+    `VLMConfig.vision_feature_layer`) for `pixel_values` `(num_images, num_channels, image_size, image_size)`, without
+    the first (class) token with `drop_class_token`.
     """
     pixel_values = pixel_values.to(vision_tower.dtype)
     if layer == -1:
         # `last_hidden_state` is after SigLIP's post-LayerNorm in every transformers version; `hidden_states[-1]`
         # is not (transformers 4.x applies the norm, 5.x does not).
-        return vision_tower(pixel_values=pixel_values).last_hidden_state
-    return vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+        features = vision_tower(pixel_values=pixel_values).last_hidden_state
+    else:
+        features = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
+    return features[:, 1:] if drop_class_token else features
 
 
 PROJECTOR_CLASSES = {
@@ -645,11 +650,14 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
 
     def get_vision_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """
-        Patch tokens of `config.vision_feature_layer`: `(num_images, num_patches, vision_hidden_size)` from
+        Tokens of `config.vision_feature_layer` (with `config.vision_feature_select_strategy`): `(num_images,
+        num_patches, vision_hidden_size)` from
         `pixel_values` of shape `(num_images, num_channels, image_size, image_size)`. These are what the training
         feature cache stores when the tower is frozen.
         """
-        return vision_tower_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)
+        return vision_tower_features(
+            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.drops_class_token
+        )
 
     def get_image_features(
         self,

@@ -6,8 +6,9 @@ What instruction tuning and question answering cost, each against its baseline i
    three-turn, three-image conversations (`ChatCollator`, the loss on the answers only) against batches of captions:
    one of as many rows and one of about as many tokens; time per 1,000 tokens of the batch (padding excluded).
 2. `answering`: the same VQA questions (five per image, as VQAv2 asks about four to six) answered one at a time, each
-   with its own image (as lmms-eval asks them), in batches, and in batches whose questions about one image share its
-   vision features (`evaluation.question_answering.answer_questions`); answers/s and whether the answers agree.
+   with its own image (as lmms-eval asks them), in batches, in batches whose questions about one image share its
+   vision features, and in batches that also share its prefill (the chat up to its image, prefilled once:
+   `evaluation.shared_images`, what `answer_questions` does); answers/s and whether the answers agree.
 
 Real widths (SigLIP-base + Qwen2.5-0.5B shapes, random weights) at half depth (6 vision + 12 language-model layers:
 the ratio of the two towers' work stays that of the full models), or the tiny model with `--small`.
@@ -106,12 +107,15 @@ def benchmark_answering(small: bool, num_questions: int, batch_size: int, max_ne
     questions = load_vqa_questions("shapes", "test", max_samples=num_questions)
     texts = [question_prompt(processor, question) for question in questions["question"]]
     images, keys = list(questions["image"]), list(questions["image_id"])
-    variants = (("one at a time (as lmms-eval asks)", 1, None), ("batched", batch_size, None),
-                ("batched, one vision pass per image", batch_size, keys))  # fmt: skip
+    variants = (("one at a time (as lmms-eval asks)", 1, None, False), ("batched", batch_size, None, False),
+                ("batched, one vision pass per image", batch_size, keys, False),
+                ("batched, one vision pass and one prefill per image", batch_size, keys, True))  # fmt: skip
     rows, answers = [], {}
-    for name, size, image_keys in variants:
+    for name, size, image_keys, share_prefill in variants:
         start = time.perf_counter()
-        answers[name] = generate_replies(model, processor, images, texts, size, max_new_tokens, image_keys=image_keys)
+        answers[name] = generate_replies(
+            model, processor, images, texts, size, max_new_tokens, image_keys=image_keys, share_prefill=share_prefill
+        )
         seconds = time.perf_counter() - start
         rows.append({"variant": name, "batch_size": size, "questions": len(texts), "images": len(set(keys)),
                      "seconds": seconds, "answers_per_s": len(texts) / seconds})  # fmt: skip

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from models.tiny import build_tiny_vlm
-from processing_vlm import to_rgb_image
+
+from .shared_images import generate_with_shared_prefill, shared_image_inputs
 
 
 CAPTION_PROMPT = "Describe the image briefly."
@@ -61,51 +62,34 @@ def generate_replies(
     description: str = "generating",
     progress: bool = False,
     image_keys: Sequence[str] | None = None,
+    share_prefill: bool = True,
 ) -> list[str]:
     """
     The greedy replies to chat-formatted `texts`, each holding one image token for its image of `images` (in order),
     generated in batches (left padding, KV cache) on the model's device and dtype; stripped of surrounding spaces.
-    With `image_keys` (one per text, e.g. image ids), texts about the same image in a batch share its vision features:
-    each image is decoded and run through the vision tower once per batch (several questions per image, as VQA asks).
+    With `image_keys` (one per text, e.g. image ids), texts about the same image in a batch share its vision features
+    and, with early fusion and `share_prefill`, the prefill of the chat up to its image (`evaluation.shared_images`).
     """
     replies = []
     for start in tqdm(range(0, len(texts), batch_size), desc=description, disable=not progress):
         chunk_texts = list(texts[start : start + batch_size])
-        if image_keys is None:
-            chunk = list(images[start : start + len(chunk_texts)])
-            inputs = processor(images=chunk, text=chunk_texts, return_tensors="pt").to(model.device)
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        else:
-            inputs = shared_image_inputs(model, processor, images, chunk_texts, image_keys, start)
-        with torch.inference_mode():
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        new_tokens = None
+        if image_keys is not None and share_prefill and getattr(model.config, "fusion", "early") == "early":
+            new_tokens = generate_with_shared_prefill(
+                model, processor, images, chunk_texts, image_keys, start, max_new_tokens
+            )
+        if new_tokens is None:
+            if image_keys is None:
+                chunk = list(images[start : start + len(chunk_texts)])
+                inputs = processor(images=chunk, text=chunk_texts, return_tensors="pt").to(model.device)
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            else:
+                inputs = shared_image_inputs(model, processor, images, chunk_texts, image_keys, start)
+            with torch.inference_mode():
+                generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         replies += [reply.strip() for reply in processor.batch_decode(new_tokens, skip_special_tokens=True)]
     return replies
-
-
-def shared_image_inputs(
-    model: PreTrainedModel,
-    processor: ProcessorMixin,
-    images: Sequence,
-    texts: list[str],
-    image_keys: Sequence[str],
-    start: int,
-) -> dict[str, torch.Tensor]:
-    """
-    The model inputs of `texts` (rows `start`... of `images` and `image_keys`): their tokens with the image
-    placeholders, and `vision_features` of each row computed once per distinct key.
-    """
-    keys = list(image_keys[start : start + len(texts)])
-    distinct = list(dict.fromkeys(keys))
-    opened = [to_rgb_image(images[start + keys.index(key)]) for key in distinct]
-    pixel_values = processor.image_processor(opened, return_tensors="pt")["pixel_values"]
-    with torch.inference_mode():
-        features = model.get_vision_features(pixel_values.to(model.device, model.dtype))
-    expanded = [processor.expand_image_tokens(text) for text in texts]
-    inputs = processor.tokenizer(expanded, padding=True, return_tensors="pt").to(model.device)
-    inputs["vision_features"] = features[torch.tensor([distinct.index(key) for key in keys], device=model.device)]
-    return inputs
 
 
 def load_captioning_model(

@@ -45,6 +45,17 @@ TINY_VISION_CONFIG: dict[str, Any] = {
     "patch_size": 8,
     "vision_use_head": False,
 }
+# CLIP's tower at the tiny size, for LLaVA-1.5's bridge (a class token, pre-norm layers): `build_tiny_vlm(...,
+# vision_config=TINY_CLIP_VISION_CONFIG)`.
+TINY_CLIP_VISION_CONFIG: dict[str, Any] = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",
     "hidden_size": 64,
@@ -184,9 +195,12 @@ def build_tiny_vlm(
 ) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
     """
     A complete tiny VLM with random weights and its processor, identical for a given `seed`. `overrides` are
-    [`VLMConfig`] arguments; `vision_config` / `text_config` dicts update the tiny towers' settings.
+    [`VLMConfig`] arguments; `vision_config` / `text_config` dicts update the tiny towers' settings (a `vision_config`
+    of another `model_type`, such as `TINY_CLIP_VISION_CONFIG`, replaces the tiny SigLIP's).
     """
-    vision_config = {**TINY_VISION_CONFIG, **overrides.pop("vision_config", {})}
+    vision_config = overrides.pop("vision_config", {})
+    if vision_config.get("model_type", TINY_VISION_CONFIG["model_type"]) == TINY_VISION_CONFIG["model_type"]:
+        vision_config = {**TINY_VISION_CONFIG, **vision_config}
     text_config = {**TINY_TEXT_CONFIG, **overrides.pop("text_config", {})}
     image_token = overrides.pop("image_token", IMAGE_TOKEN)
     tokenizer = build_tiny_tokenizer(image_token)

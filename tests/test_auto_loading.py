@@ -16,7 +16,7 @@ import transformers
 
 from configuration_vlm import PROJECTOR_TYPES
 from evaluation.captioning import caption_messages
-from models.tiny import build_tiny_vlm
+from models.tiny import TINY_CLIP_VISION_CONFIG, build_tiny_vlm
 
 
 LOADER = textwrap.dedent(
@@ -85,14 +85,19 @@ def load_in_fresh_process(directories: list[str], cwd) -> dict:
 def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
     image = images[0]
     expected, pixel_values, directories = {}, {}, []
-    for projector_type, fusion in [(projector_type, "early") for projector_type in PROJECTOR_TYPES] + [
-        ("perceiver", "cross_attention")
-    ]:
-        model, processor = build_tiny_vlm(projector_type, seed=7, fusion=fusion)
+    clip = {"vision_config": TINY_CLIP_VISION_CONFIG, "vision_feature_layer": -2}
+    builds = [(projector_type, "early", {}) for projector_type in PROJECTOR_TYPES] + [
+        ("perceiver", "cross_attention", {}),
+        ("mlp", "clip-default", {**clip, "vision_feature_select_strategy": "default"}),  # LLaVA-1.5's bridge
+        ("qformer", "clip-full", {**clip, "vision_feature_select_strategy": "full"}),
+    ]
+    for projector_type, name, settings in builds:
+        fusion = "early" if name.startswith("clip") else name
+        model, processor = build_tiny_vlm(projector_type, seed=7, fusion=fusion, **settings)
         with torch.no_grad():  # open the gates, so that wrongly loaded blocks or masks would change the logits
             for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("_gate")):
                 parameter.fill_(0.3 + 0.1 * index)
-        directory = tmp_path / f"vlm-{projector_type}-{fusion}"
+        directory = tmp_path / f"vlm-{projector_type}-{name}"
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))

@@ -152,12 +152,13 @@ def test_the_instruct_benchmark_times_conversations_against_captions_and_answeri
     assert conversations["rows"] == same_rows["rows"] == 4 and conversations["tokens"] > same_rows["tokens"]
     assert abs(same_tokens["tokens"] - conversations["tokens"]) <= same_rows["tokens"] // same_rows["rows"]
     answering = report["answering"]
-    assert [row["batch_size"] for row in answering] == [1, 10, 10]
+    assert [row["batch_size"] for row in answering] == [1, 10, 10, 10]
     assert all(row["questions"] == 30 and row["images"] == 6 for row in answering)
     assert all(row["same_answers_as_one_at_a_time"] for row in answering)
     tables = instruct.format_report(report)
     assert "| conversations (3 turns, 3 images) | 4 |" in tables
     assert "| batched, one vision pass per image | 10 |" in tables
+    assert "| batched, one vision pass and one prefill per image | 10 |" in tables
 
 
 def test_trl_sft_trainer_peer_trains_on_the_same_loss_and_is_timed_step_for_step():

@@ -12,6 +12,7 @@ import transformers
 from transformers import DynamicCache
 
 from evaluation.captioning import caption_messages
+from evaluation.shared_images import generate_with_shared_prefill, shared_prefix_length
 from modeling_vlm import CACHE_NAME
 from models.tiny import build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
@@ -129,3 +130,40 @@ def test_beams_and_samples_give_the_same_tokens_with_and_without_the_cache(image
     assert generated[True].shape == (4, batch["input_ids"].shape[1] + 5)
     assert torch.equal(generated[True], generated[False])
     assert torch.equal(generated[True][:, : batch["input_ids"].shape[1]], batch["input_ids"].repeat_interleave(2, 0))
+
+
+QUESTIONS = ["Is there a red circle?", "How many shapes are there?", "What color is the square?", "Is it big?"]
+
+
+@pytest.mark.parametrize("projector_type", ["mlp", "qformer"])
+def test_a_prefix_prefilled_once_per_image_answers_each_question_as_alone(images, projector_type):
+    """Each image's chat up to its image tokens, prefilled once and copied to its questions (of unequal lengths, so
+    padded between prefix and question), gives the tokens each question gets alone."""
+    model, processor = build_tiny_vlm(projector_type, seed=3)
+    torch.manual_seed(0)
+    with torch.no_grad():  # weights large enough that every question gets its own tokens
+        for name, parameter in model.named_parameters():
+            if parameter.ndim >= 2 and not name.startswith("vision_tower."):
+                parameter.normal_(0, 0.2)
+    model.eval()
+    rows = [(image_index, question) for image_index in range(2) for question in QUESTIONS[: 3 + image_index]]
+    texts = [
+        processor.apply_chat_template(caption_messages(question), add_generation_prompt=True) for _, question in rows
+    ]
+    row_images, keys = [images[index] for index, _ in rows], [str(index) for index, _ in rows]
+    shared = generate_with_shared_prefill(model, processor, row_images, texts, keys, 0, max_new_tokens=6)
+    alone = []
+    for image, text in zip(row_images, texts):
+        inputs = processor(images=[image], text=[text], return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        alone.append(generated[0, inputs["input_ids"].shape[1] :])
+    alone = torch.stack(alone)
+    assert len({tuple(tokens) for tokens in alone.tolist()}) == len(rows)  # the comparison can tell rows apart
+    assert torch.equal(shared, alone)
+
+
+def test_rows_whose_prefixes_differ_are_not_shared():
+    assert shared_prefix_length([[5, 9, 9, 1, 2], [5, 9, 9, 3]], image_token_id=9) == 3
+    assert shared_prefix_length([[5, 9, 9, 1], [6, 9, 9, 1]], image_token_id=9) is None  # another system prompt
+    assert shared_prefix_length([[5, 9, 1], [5, 9, 9, 1]], image_token_id=9) is None  # another prefix length
+    assert shared_prefix_length([[5, 1], [5, 9, 1]], image_token_id=9) is None  # a row without an image

@@ -18,7 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REMOTE_CODE = ("configuration_vlm", "modeling_vlm", "processing_vlm")
 COMMAND_LINES = ("eval", "train_accelerate")
 # Each package may import the Hub-side files and the packages before it, never the ones after it.
-PACKAGE_ORDER = ("models", "data", "evaluation", "qformer_pretraining", "training", "benchmarks")
+PACKAGE_ORDER = (
+    "models", "data", "evaluation", "qformer_pretraining", "contrastive_pretraining", "training", "benchmarks"
+)
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
     "argument_rules", "arguments", "integrity", "feature_cache", "length_grouping", "data", "conversation_data",

@@ -11,7 +11,7 @@ from torch import nn
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 from evaluation.captioning import caption_messages
 from modeling_vlm import CACHE_NAME, PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
-from models.tiny import build_tiny_vlm
+from models.tiny import TINY_CLIP_VISION_CONFIG, build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
 
 
@@ -490,3 +490,29 @@ def test_a_matching_saved_model_loads_with_its_loading_info_on_request(tmp_path)
     directory = saved_with_edited_config(tmp_path, lambda config: None, projector_type="qformer")
     model, info = VLMForConditionalGeneration.from_pretrained(directory, output_loading_info=True)
     assert isinstance(model, VLMForConditionalGeneration) and not info["missing_keys"]
+
+
+@pytest.mark.parametrize(("strategy", "num_tokens"), [("default", 16), ("full", 17)])
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_a_clip_tower_feeds_its_patches_with_or_without_its_class_token(images, strategy, num_tokens, layer):
+    """LLaVA-1.5's bridge: CLIP's layer -2, class token dropped ("default") or kept ("full"); 32 px, 8 px patches."""
+    model, processor = build_tiny_vlm(
+        "mlp", vision_config=TINY_CLIP_VISION_CONFIG, vision_feature_layer=layer, vision_feature_select_strategy=strategy
+    )
+    assert type(model.vision_tower).__name__ == "CLIPVisionModel"
+    assert model.config.num_patches == model.config.num_image_tokens == processor.num_image_tokens == num_tokens
+    pixel_values = processor.image_processor(images[:2], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = model.get_vision_features(pixel_values)
+        outputs = model.vision_tower(pixel_values=pixel_values, output_hidden_states=True)
+    layer_tokens = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]  # 1 class + 16 patches
+    torch.testing.assert_close(features, layer_tokens[:, 17 - num_tokens :])
+    inputs = caption_batch(processor, images[:2])
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_an_unknown_feature_select_strategy_is_refused():
+    with pytest.raises(ValueError, match=r"vision_feature_select_strategy='cls_patch' is invalid; choose 'default'"):
+        VLMConfig(vision_feature_select_strategy="cls_patch")
+    assert VLMConfig(vision_feature_select_strategy="full").num_patches == 196  # SigLIP has no class token to keep

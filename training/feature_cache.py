@@ -45,13 +45,15 @@ def vision_features_cache_key(
 ) -> str:
     """
     Identity of the features of `dataset` under `vlm`'s vision tower: the dataset fingerprint, the tower's config and
-    a hash of its weights, the feature layer, the image preprocessing and the mixed precision they are computed in.
+    a hash of its weights, the feature layer and tokens, the image preprocessing and the mixed precision they are
+    computed in.
     """
     digest = hashlib.sha256()
     parts = (
         dataset._fingerprint,
         json.dumps(vlm.config.vision_config.to_dict(), sort_keys=True, default=str),
         str(vlm.config.vision_feature_layer),
+        str(vlm.config.num_patches),  # a class token kept or dropped (`vision_feature_select_strategy`)
         json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str),
         precision,
     )
