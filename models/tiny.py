@@ -48,13 +48,8 @@ TINY_VISION_CONFIG: dict[str, Any] = {
 # CLIP's tower at the tiny size, for LLaVA-1.5's bridge (a class token, pre-norm layers): `build_tiny_vlm(...,
 # vision_config=TINY_CLIP_VISION_CONFIG)`.
 TINY_CLIP_VISION_CONFIG: dict[str, Any] = {
+    **{name: value for name, value in TINY_VISION_CONFIG.items() if name != "vision_use_head"},
     "model_type": "clip_vision_model",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "image_size": 32,
-    "patch_size": 8,
 }
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from accelerate import Accelerator
 from datasets import Dataset, Image
 
 from data import captions as caption_data
@@ -23,6 +24,9 @@ from data.captions import (
     open_image,
 )
 from data.shapes import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
+from models.tiny import build_tiny_vlm
+from tiny_runs import tiny_args
+from training.run_data import prepare_run_data
 
 
 def raw_images(dataset: Dataset) -> list[bytes]:
@@ -415,3 +419,15 @@ def test_rows_that_share_an_image_id_become_one_image_with_all_their_references(
     assert merged[0]["image"].size == dataset[0]["image"].size  # the first row's image
     unique = caption_data.merge_repeated_ids(merged)
     assert unique is merged
+
+
+def test_a_training_runs_evaluation_set_merges_rows_that_share_an_image_id(tmp_path):
+    rows = [("a", "first.", 7), ("b", "other.", 9), ("a2", "second.", 7), ("c", "last.", 5)]
+    records = [{"file_name": f"{name}.png", "caption": caption, "photo": photo} for name, caption, photo in rows]
+    folder = make_imagefolder(tmp_path / "pairs", records)
+    args = tiny_args(
+        tmp_path, dataset=str(folder), eval_split="train", max_train_samples=4, id_column="photo",
+        eval_strategy="epoch", predict_with_generate=False, per_device_eval_batch_size=2,
+    )  # fmt: skip
+    data = prepare_run_data(args, Accelerator(cpu=True), *build_tiny_vlm("mlp"))
+    assert data.eval_set.references == {"7": ["first.", "second."], "9": ["other."], "5": ["last."]}

@@ -112,7 +112,7 @@ def test_the_mixture_is_the_captions_then_the_conversations_and_hears_the_epoch(
     [
         ({"max_length": 0}, "max_length=0 is invalid"),
         ({"dataset": "llava.json", "conversations": "shapes"}, "is a conversation file, and conversations="),
-        ({"dataset": "llava.json", "stage": "qformer_stage1"}, "stage qformer_stage1 pretrains the Q-Former on"),
+        ({"dataset": "llava.json", "stage": "qformer_stage1"}, "stage qformer_stage1 trains on image-caption pairs"),
     ],
 )
 def test_arguments_that_cannot_work_together_are_refused(settings, message):

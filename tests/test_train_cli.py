@@ -109,13 +109,17 @@ def test_yaml_config_and_command_line_overrides(tmp_path):
 def test_shipped_configs_are_valid():
     for path in CONFIGS.glob("*.yaml"):
         args = train_accelerate.parse_args([], path)
-        assert args.stage in ("align", "finetune", "lora", "qformer_stage1"), path
+        assert args.stage in ("align", "finetune", "lora", "qformer_stage1", "contrastive"), path
     coco = {path.stem: train_accelerate.parse_args([], path) for path in CONFIGS.glob("coco_*.yaml")}
     for name, args in coco.items():
         assert (args.vision_model, args.text_model) == ("google/siglip-base-patch16-224", "Qwen/Qwen2.5-0.5B-Instruct")
         assert (args.num_train_epochs, args.max_train_samples, args.max_eval_samples) == (10, 1000, 1000), name
         assert args.mixed_precision == "bf16" and args.dataset == "coco-karpathy", name
     assert coco["coco_qformer_lora"].stage == "lora" and coco["coco_mlp"].stage == "align"
+    contrastive = train_accelerate.parse_args([], CONFIGS / "contrastive_siglip.yaml")
+    assert (contrastive.stage, contrastive.contrastive_loss, contrastive.metric_for_best_model) == (
+        "contrastive", "sigmoid", "recall_mean"
+    )
     stage1 = train_accelerate.parse_args([], CONFIGS / "qformer_stage1.yaml")
     assert (stage1.stage, stage1.vision_model, stage1.bert_model, stage1.text_model) == (
         "qformer_stage1", "google/siglip-base-patch16-224", "bert-base-uncased", None
@@ -244,3 +248,23 @@ def test_training_from_a_saved_model_asks_nothing_and_warns_nothing(tmp_path, st
     assert completed.returncode == 0, completed.stderr[-3000:]
     for unwanted in ("Do you wish to run the custom code", "trust_remote_code", "You are using a model of type"):
         assert unwanted not in completed.stdout + completed.stderr
+
+
+def test_a_contrastive_run_in_the_comparison_trains_the_tower_first_and_counts_both_stages(tmp_path):
+    results = train_accelerate.main(
+        ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", "mlp,mlp_contrastive",
+         "--max_train_samples", "64", "--max_eval_samples", "8", "--num_train_epochs", "1",
+         "--per_device_train_batch_size", "16", "--predict_with_generate", "false", "--report_to", "none",
+         "--save_steps", "0", "--conversations", "none", "--eval_vqa", "none", "--eval_pope", "none",
+         "--output_dir", str(tmp_path / "compare"), "--feature_cache_dir", str(tmp_path / "feature_cache")]
+    )  # fmt: skip
+    assert [(r.stage, os.path.basename(r.output_dir)) for r in results] == [
+        ("finetune", "mlp"), ("contrastive", "stage1"), ("finetune", "mlp_contrastive")
+    ]
+    stage1_dir = str(tmp_path / "compare" / "mlp_contrastive" / "stage1")
+    assert results[2].feature_cache["train"] == "computed"  # the trained tower's own features, not mlp's
+    config = json.loads((tmp_path / "compare" / "mlp_contrastive" / "config.json").read_text())
+    assert config["vision_init"] == stage1_dir
+    table = (tmp_path / "compare" / "comparison.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| mlp_contrastive |"))
+    assert f"| contrastive {results[1].global_step} + finetune {results[2].global_step} |" in row

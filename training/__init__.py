@@ -27,6 +27,7 @@ from .arguments import MODEL_SOURCE_FIELDS, VLMTrainingArguments, load_yaml_conf
 from .comparison import (
     ALL_RUNS,
     COMPARE_ALL,
+    CONTRASTIVE_RUNS,
     RUN_NAMES,
     STAGE1_RUN,
     named_runs,
@@ -42,6 +43,7 @@ from .results import TrainingResults
 __all__ = [
     "ALL_RUNS",
     "COMPARE_ALL",
+    "CONTRASTIVE_RUNS",
     "INTERRUPTED_EXIT_STATUS",
     "MODEL_SOURCE_FIELDS",
     "RUN_NAMES",

@@ -20,7 +20,9 @@ from .argument_rules import check_numbers
 
 FREEZE_STAGES = ("align", "finetune", "lora")
 QFORMER_STAGE1 = "qformer_stage1"
-STAGES = (*FREEZE_STAGES, QFORMER_STAGE1)
+CONTRASTIVE = "contrastive"
+PAIR_STAGES = (QFORMER_STAGE1, CONTRASTIVE)  # trained on image-text pairs, evaluated by retrieval; no language model
+STAGES = (*FREEZE_STAGES, *PAIR_STAGES)
 DEFAULT_BERT = "bert-base-uncased"
 DEFAULT_MAX_CAPTION_TOKENS = 64
 UNSET_VALUES = ("none", "null", "")
@@ -42,7 +44,7 @@ RESUME_SETTINGS = (
     "skip_invalid_conversations", "max_caption_tokens", "prompt", "max_length", "group_by_length", "seed",
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
     "projector_lr", "llm_lr", "vision_lr", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
-    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "contrastive_loss", "lock_text",
 )  # fmt: skip
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -84,7 +86,8 @@ class VLMTrainingArguments:
         default="align",
         metadata={
             "help": "align: projector only; finetune: projector + LLM; lora: projector + LoRA on the LLM; "
-            "qformer_stage1: BLIP-2's Q-Former pretraining on image-text pairs (ITC, ITM, ITG), no LLM."
+            "qformer_stage1: BLIP-2's Q-Former pretraining on image-text pairs (ITC, ITM, ITG), no LLM; "
+            "contrastive: seed 001's first stage, the vision tower and a text encoder trained contrastively."
         },
     )
     unfreeze_vision: bool = field(default=False, metadata={"help": "Also train the vision tower (no feature cache)."})
@@ -103,16 +106,30 @@ class VLMTrainingArguments:
             f"{DEFAULT_BERT} (a random tiny BERT with model: tiny)."
         },
     )
+    contrastive_loss: str = field(
+        default="clip",
+        metadata={"help": "Stage contrastive: 'clip' (symmetric InfoNCE) or 'sigmoid' (SigLIP's pairwise loss)."},
+    )
+    lock_text: bool = field(
+        default=False, metadata={"help": "Stage contrastive: keep the text encoder frozen (LiT's locked text)."}
+    )
     itc_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text contrastive (0: off)."})
     itm_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text matching (0: off)."})
     itg_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-grounded generation (0: off)."})
-    image_text_hidden_size: int = field(default=256, metadata={"help": "Stage 1: width of the contrastive space."})
+    image_text_hidden_size: int = field(
+        default=256, metadata={"help": "Stages qformer_stage1 and contrastive: width of the contrastive space."}
+    )
     retrieval_rerank_k: int = field(
         default=0, metadata={"help": "Stage 1 evaluation: re-rank each query's top k by the ITM head (0: ITC only)."}
     )
     qformer_init: str | None = field(
         default=None,
         metadata={"help": "A stage-1 output directory whose Q-Former the new qformer projector starts from."},
+    )
+
+    vision_init: str | None = field(
+        default=None,
+        metadata={"help": "A stage-contrastive output directory whose trained vision tower the new VLM starts from."},
     )
 
     # Data.
@@ -283,9 +300,10 @@ class VLMTrainingArguments:
         self._check_loss_chunk_size()
         self._check_conversations()
         self._check_qformer_stages()
-        stage1 = self.stage == QFORMER_STAGE1
+        self._check_contrastive_stage()
         answered = "VQA/accuracy" if self.eval_vqa else None
-        default_metric = "recall_mean" if stage1 else answered if self.conversations_only else "CIDEr"
+        default_metric = answered if self.conversations_only else "CIDEr"
+        default_metric = "recall_mean" if self.stage in PAIR_STAGES else default_metric
         self.metric_for_best_model = self.metric_for_best_model or default_metric
 
     def _check_model_source(self) -> None:
@@ -302,14 +320,14 @@ class VLMTrainingArguments:
             )
         if self.model not in (None, "tiny"):
             raise ValueError(f"model={self.model!r} is invalid; the only named model is 'tiny'.")
-        # Stage 1 has no language model: `vision_model` alone is a source there.
-        if sources[1] and not (self.vision_model and (self.text_model or self.stage == QFORMER_STAGE1)):
+        # The pair stages have no language model: `vision_model` alone is a source there.
+        if sources[1] and not (self.vision_model and (self.text_model or self.stage in PAIR_STAGES)):
             raise ValueError("`vision_model` and `text_model` go together: pass both.")
 
     def _check_loss_chunk_size(self) -> None:
-        if self.loss_chunk_size is not None and self.stage == QFORMER_STAGE1:
+        if self.loss_chunk_size is not None and self.stage in PAIR_STAGES:
             raise ValueError(
-                "loss_chunk_size chunks the language model's loss, and stage qformer_stage1 has no language model: "
+                f"loss_chunk_size chunks the language model's loss, and stage {self.stage} has no language model: "
                 "unset it."
             )
 
@@ -328,11 +346,11 @@ class VLMTrainingArguments:
                 f"dataset={self.dataset!r} is a conversation file, and conversations={self.conversations!r} another: "
                 "train on one (dataset) or mix conversations into captions (a caption dataset with conversations)."
             )
-        if self.stage == QFORMER_STAGE1:
+        if self.stage in PAIR_STAGES:
             if self.conversations_only:
                 raise ValueError(
-                    f"dataset={self.dataset!r} is a conversation file; stage qformer_stage1 pretrains the Q-Former on "
-                    "image-caption pairs: pass a caption dataset."
+                    f"dataset={self.dataset!r} is a conversation file; stage {self.stage} trains on image-caption "
+                    "pairs: pass a caption dataset."
                 )
             self.conversations = self.eval_vqa = self.eval_pope = None
 
@@ -349,12 +367,33 @@ class VLMTrainingArguments:
                     "stage qformer_stage1 pretrains the qformer projector on a frozen vision tower: leave "
                     "projector_type, fusion and unfreeze_vision at their defaults."
                 )
-        elif self.bert_model is not None:
-            raise ValueError(f"bert_model initialises stage qformer_stage1 only; this run's stage is {self.stage!r}.")
+        elif self.bert_model is not None and self.stage != CONTRASTIVE:
+            raise ValueError(
+                f"bert_model initialises the stages qformer_stage1 and contrastive only; this run's is {self.stage!r}."
+            )
         if self.qformer_init is not None and (self.projector_type != "qformer" or self.model_name_or_path):
             raise ValueError(
                 f"qformer_init={self.qformer_init!r} starts a new qformer projector from stage 1: set projector_type "
                 "qformer and build the model from `model: tiny` or vision_model + text_model (not model_name_or_path)."
+            )
+
+    def _check_contrastive_stage(self) -> None:
+        """Stage contrastive trains a new dual encoder on a tower of the model source, with one of its losses."""
+        if self.vision_init is not None and (self.stage in PAIR_STAGES or self.model_name_or_path is not None):
+            raise ValueError(
+                f"vision_init={self.vision_init!r} gives a new VLM the tower of stage contrastive: build it from "
+                "`model: tiny` or vision_model + text_model, in a VLM stage (align, finetune, lora)."
+            )
+        if self.stage != CONTRASTIVE:
+            if self.lock_text:
+                raise ValueError(f"lock_text freezes stage contrastive's text encoder; this run's is {self.stage!r}.")
+            return
+        if self.contrastive_loss not in ("clip", "sigmoid"):
+            raise ValueError(f"contrastive_loss={self.contrastive_loss!r} is invalid; choose 'clip' or 'sigmoid'.")
+        if self.model_name_or_path is not None or self.qformer_init is not None or self.retrieval_rerank_k:
+            raise ValueError(
+                "stage contrastive trains a new dual encoder (no matching head to re-rank with): use `model: tiny` "
+                "or `vision_model` (with bert_model), without model_name_or_path, qformer_init or retrieval_rerank_k."
             )
 
     def _checked_model_config(self) -> dict[str, Any]:

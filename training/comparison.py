@@ -1,8 +1,10 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
-The projector comparison: one training run after the other, and the table that sets them side by side. The run
-`qformer_stage1` is two: BLIP-2's stage 1 (the Q-Former pretrained on image-text pairs, in `<run>/stage1`), then the
-`qformer` run starting from it; its row counts both stages' steps and time.
+The projector comparison: one training run after the other, and the table that sets them side by side. Two kinds of
+run are two runs each, whose row counts both stages' steps and time: `qformer_stage1`, BLIP-2's stage 1 (the Q-Former
+pretrained on image-text pairs, in `<run>/stage1`) then the `qformer` run starting from it; and
+`<projector>_contrastive`, seed 001's first stage (the vision tower trained contrastively, in `<run>/stage1`) then the
+`<projector>` run on that tower.
 """
 
 import os
@@ -12,7 +14,7 @@ from configuration_vlm import PROJECTOR_TYPES
 from evaluation.caption_metrics import CIDER_SCALE_NOTE
 from evaluation.markdown_tables import format_score, markdown_table
 
-from .arguments import QFORMER_STAGE1, VLMTrainingArguments
+from .arguments import CONTRASTIVE, PAIR_STAGES, QFORMER_STAGE1, VLMTrainingArguments
 from .loop import train
 from .results import TrainingResults
 
@@ -38,17 +40,26 @@ ALL_RUNS = (*PROJECTOR_TYPES, f"perceiver{CROSS_ATTENTION_SUFFIX}")
 """The bridges: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""
 STAGE1_RUN = "qformer_stage1"
 """The `qformer` run after BLIP-2's stage 1 (see the module docstring)."""
+CONTRASTIVE_SUFFIX = "_contrastive"
+CONTRASTIVE_RUNS = tuple(f"{projector}{CONTRASTIVE_SUFFIX}" for projector in PROJECTOR_TYPES)
+"""Each projector's run on a vision tower first trained contrastively (see the module docstring)."""
 COMPARE_ALL = (*ALL_RUNS, STAGE1_RUN)
 """`--compare all`: every bridge, and the Q-Former with stage 1 beside the one without."""
 STAGE1_DIR = "stage1"
 
 
 def run_settings(name: str) -> dict[str, str]:
-    """The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], or [`STAGE1_RUN`])."""
+    """
+    The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], [`STAGE1_RUN`] or
+    [`CONTRASTIVE_RUNS`]).
+    """
     if name == STAGE1_RUN:
         return {"projector_type": "qformer", "fusion": "early"}
+    if name in CONTRASTIVE_RUNS:
+        return {"projector_type": name.removesuffix(CONTRASTIVE_SUFFIX), "fusion": "early"}
     if name not in RUN_NAMES:
-        raise ValueError(f"Unknown run {name!r}; choose one of {', '.join((*RUN_NAMES, STAGE1_RUN))}.")
+        known = ", ".join((*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS))
+        raise ValueError(f"Unknown run {name!r}; choose one of {known}.")
     projector_type = name.removesuffix(CROSS_ATTENTION_SUFFIX)
     return {"projector_type": projector_type, "fusion": "early" if name == projector_type else "cross_attention"}
 
@@ -56,16 +67,18 @@ def run_settings(name: str) -> dict[str, str]:
 def named_runs(base: VLMTrainingArguments, name: str) -> list[VLMTrainingArguments]:
     """
     The training runs of the run called `name` with `base`'s settings, in `<base.output_dir>/<name>`: one, or for
-    [`STAGE1_RUN`] stage 1 (same data, seed, batch size, learning rate and epochs, into `<name>/stage1`) and then the
-    `qformer` run starting from it.
+    [`STAGE1_RUN`] and [`CONTRASTIVE_RUNS`] the first stage (same data, seed, batch size, learning rate and epochs,
+    into `<name>/stage1`) and then the run starting from it.
     """
     output_dir = os.path.join(base.output_dir, name)
     run = replace(base, **run_settings(name), output_dir=output_dir)
-    if name != STAGE1_RUN:
+    if name != STAGE1_RUN and name not in CONTRASTIVE_RUNS:
         return [run]
     stage1_dir = os.path.join(output_dir, STAGE1_DIR)
-    stage1 = replace(run, stage=QFORMER_STAGE1, output_dir=stage1_dir, metric_for_best_model=None)
-    return [stage1, replace(run, qformer_init=stage1_dir)]
+    stage = QFORMER_STAGE1 if name == STAGE1_RUN else CONTRASTIVE
+    stage1 = replace(run, stage=stage, output_dir=stage1_dir, metric_for_best_model=None, load_best_model_at_end=False)
+    handed_off = {"qformer_init": stage1_dir} if name == STAGE1_RUN else {"vision_init": stage1_dir}
+    return [stage1, replace(run, **handed_off)]
 
 
 def run_comparison(runs: list[VLMTrainingArguments]) -> list[TrainingResults]:
@@ -73,7 +86,7 @@ def run_comparison(runs: list[VLMTrainingArguments]) -> list[TrainingResults]:
     Trains every run in turn (they share the vision feature cache) and returns their results; the first captioning
     run also evaluates its untrained model, the baseline row of [`projector_comparison_table`].
     """
-    first = next((index for index, run in enumerate(runs) if run.stage != QFORMER_STAGE1), None)
+    first = next((index for index, run in enumerate(runs) if run.stage not in PAIR_STAGES), None)
     return [train(replace(run, eval_before_training=index == first)) for index, run in enumerate(runs)]
 
 
@@ -85,13 +98,13 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
     the final answers' scores when the runs answered questions (VQA accuracy overall and on counting and spatial
     questions; POPE's F1 and yes-ratio on its adversarial split), training time (stage 1's included) and throughput.
     """
-    first = next(result for result in results if result.stage != QFORMER_STAGE1)
+    first = next(result for result in results if result.stage not in PAIR_STAGES)
     untrained = first.history[0]
     questions = {name: key for name, key in QUESTION_COLUMNS.items() if key in first.final_metrics}
     rows = [_row("untrained", first, untrained.get("CIDEr"), untrained, "-", 0.0, "-", questions)]
     stage1 = None
     for result in results:
-        if result.stage == QFORMER_STAGE1:
+        if result.stage in PAIR_STAGES:
             stage1 = result
             continue
         best = max((r["CIDEr"] for r in result.history if r["step"] > 0 and "CIDEr" in r), default=None)
@@ -99,7 +112,8 @@ def projector_comparison_table(results: list[TrainingResults]) -> str:
         steps = f"{result.stage} {result.global_step}"
         time_s = result.train_time_s
         if stage1 is not None:
-            steps, time_s = f"stage 1 {stage1.global_step} + {steps}", time_s + stage1.train_time_s
+            first_stage = "stage 1" if stage1.stage == QFORMER_STAGE1 else stage1.stage
+            steps, time_s = f"{first_stage} {stage1.global_step} + {steps}", time_s + stage1.train_time_s
         throughput = f"{result.samples_per_second:.1f}"
         rows.append(_row(name, result, best, result.final_metrics, steps, time_s, throughput, questions))
         stage1 = None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
-from .arguments import QFORMER_STAGE1, VLMTrainingArguments
+from .arguments import PAIR_STAGES, VLMTrainingArguments
 from .checkpointing import Checkpointer, TrainerState
 from .data import DATA_SEED_SPREAD, EvalSet, RunData
 from .evaluation import evaluate
@@ -172,7 +172,7 @@ def run_training(
     accelerator.print(results_summary(results))
     if accelerator.is_main_process:
         results.save(args.output_dir)
-        card_writer = write_stage1_model_card if args.stage == QFORMER_STAGE1 else write_model_card
+        card_writer = write_stage1_model_card if args.stage in PAIR_STAGES else write_model_card
         card_writer(args.output_dir, args, results)
         if args.push_to_hub:
             push_output_dir(args.output_dir, args.push_to_hub, args.hub_private_repo)
@@ -238,7 +238,7 @@ def run_epochs(
     bar = tqdm(
         total=schedule.total_steps,
         initial=state.global_step,
-        desc=f"train {bridge_fields(unwrapped)['projector_type']}",
+        desc=f"train {bridge_fields(unwrapped)['projector_type'].replace('none', args.stage)}",
         disable=not accelerator.is_local_main_process,
     )
     objectives = getattr(unwrapped.config, "active_objectives", ())  # several losses to log: Q-Former stage 1

@@ -15,7 +15,7 @@ from data.captions import KARPATHY_SOURCE
 from evaluation.markdown_tables import format_score, markdown_table
 from qformer_pretraining.retrieval import RECALL_KS
 
-from .arguments import VLMTrainingArguments
+from .arguments import CONTRASTIVE, QFORMER_STAGE1, VLMTrainingArguments
 from .checkpointing import CHECKPOINT_PREFIX, TMP_PREFIX
 from .results import TrainingResults
 from .saved_models import BEST_DIR
@@ -23,6 +23,9 @@ from .saved_models import BEST_DIR
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 STAGE1_TEMPLATE_PATH = Path(__file__).with_name("stage1_model_card_template.md")
+CONTRASTIVE_TEMPLATE_PATH = Path(__file__).with_name("contrastive_model_card_template.md")
+STAGE_TAGS = {QFORMER_STAGE1: ["blip-2", "q-former"], CONTRASTIVE: ["contrastive", "dual-encoder"]}
+LOSS_NAMES = {"clip": "symmetric InfoNCE loss of CLIP", "sigmoid": "pairwise sigmoid loss of SigLIP"}
 CARD_METRICS = ("CIDEr", "METEOR", "BLEU-4", "ROUGE-L")
 """The caption metrics a model card reports, in its model-index and its table."""
 CARD_QUESTION_METRICS = ("VQA/accuracy", "POPE/random/f1", "POPE/popular/f1", "POPE/adversarial/f1")
@@ -125,6 +128,8 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
     towers = " + ".join(base_models) or (
         "tiny random towers (offline)" if args.model == "tiny" else args.model_name_or_path
     )
+    if args.vision_init:
+        towers += f", the vision tower trained contrastively in `{args.vision_init}`"
     values = {
         **asdict(args),
         **_results_fields(results),
@@ -144,8 +149,9 @@ def write_model_card(output_dir: str, args: VLMTrainingArguments, results: Train
 
 def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results: TrainingResults) -> ModelCard:
     """
-    `README.md` of a Q-Former stage-1 output dir: metadata (the vision tower and BERT as base models, a model-index
-    with the final retrieval recalls), losses and Recall@1/5/10 per epoch, the configuration, hardware and times.
+    `README.md` of a pair stage's output dir (Q-Former stage 1, or contrastive): metadata (the vision tower and BERT
+    as base models, a model-index with the final retrieval recalls), losses and Recall@1/5/10 per epoch, the
+    configuration, hardware and times.
     """
     final = results.final_metrics
     model_name = args.push_to_hub or os.path.basename(os.path.abspath(output_dir))
@@ -161,7 +167,7 @@ def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results
     base_models = base_model_ids(args.vision_model, args.bert_model)
     card_data = ModelCardData(
         model_name=model_name, base_model=base_models or None, datasets=datasets or None, library_name="transformers",
-        license="apache-2.0", tags=["vision-language", "blip-2", "q-former", f"stage-{args.stage}"],
+        license="apache-2.0", tags=["vision-language", *STAGE_TAGS[args.stage], f"stage-{args.stage}"],
         eval_results=eval_results or None,
     )  # fmt: skip
     objectives = [name.upper() for name in ("itc", "itm", "itg") if getattr(args, f"{name}_weight")]
@@ -173,13 +179,15 @@ def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results
         "towers": args.vision_model or "the tiny random tower (offline)",
         "bert": args.bert_model or ("tiny random BERT" if args.model == "tiny" else "bert-base-uncased"),
         "num_queries": results.num_visual_tokens,
+        "loss_name": LOSS_NAMES[args.contrastive_loss],
         "objectives": " + ".join(objectives),
         "ranking": f"(top {args.retrieval_rerank_k} re-ranked by ITM)" if args.retrieval_rerank_k else "(ITC only)",
         "history_table": history_table(results.history, [*losses, *(m for m in STAGE1_CARD_METRICS if m in final)]),
         "config_yaml": yaml.safe_dump(asdict(args), sort_keys=False).strip(),
         "repo": args.push_to_hub or output_dir,
     }
-    card = ModelCard.from_template(card_data, template_path=str(STAGE1_TEMPLATE_PATH), **values)
+    template = CONTRASTIVE_TEMPLATE_PATH if args.stage == CONTRASTIVE else STAGE1_TEMPLATE_PATH
+    card = ModelCard.from_template(card_data, template_path=str(template), **values)
     card.save(os.path.join(output_dir, "README.md"))
     return card
 

@@ -16,6 +16,12 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, get_scheduler
 
 from configuration_vlm import VLMConfig
+from contrastive_pretraining import (
+    ContrastiveDualEncoder,
+    ContrastivePairProcessor,
+    build_dual_encoder,
+    load_contrastive_tower,
+)
 from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower
 from models.tiny import build_tiny_bert, build_tiny_vlm
 from processing_vlm import VLMProcessor
@@ -29,7 +35,7 @@ from qformer_pretraining import (
 )
 from qformer_pretraining.building import SHAPE_SETTINGS
 
-from .arguments import DEFAULT_BERT, QFORMER_STAGE1, VLMTrainingArguments
+from .arguments import CONTRASTIVE, DEFAULT_BERT, QFORMER_STAGE1, VLMTrainingArguments
 
 
 COMPONENTS = {
@@ -64,6 +70,8 @@ def build_model(
     """
     if args.stage == QFORMER_STAGE1:
         return build_stage1_model(args)
+    if args.stage == CONTRASTIVE:
+        return build_contrastive_model(args)
     config_kwargs = dict(args.model_config)
     if args.vision_feature_layer is not None:
         config_kwargs["vision_feature_layer"] = args.vision_feature_layer
@@ -87,6 +95,9 @@ def build_model(
         )
     if args.qformer_init is not None:
         load_stage1_qformer(model, args.qformer_init)
+    if args.vision_init is not None:
+        load_contrastive_tower(model.vision_tower, args.vision_init)
+        model.config.vision_init = args.vision_init  # saved with the model: where its tower comes from
     return model, processor
 
 
@@ -100,6 +111,32 @@ def with_stage1_settings(config_kwargs: dict, qformer_init: str) -> dict:
                 f"{value!r}): qformer_init sets the Q-Former's shape, drop {name}."
             )
     return {**config_kwargs, **settings}
+
+
+def text_encoder(args: VLMTrainingArguments) -> tuple[nn.Module, object, str]:
+    """The BERT of a pair stage: `args.bert_model` (default bert-base-uncased), or a tiny random one with `model: tiny`;
+    with its tokenizer and the name of its source."""
+    if args.model == "tiny" and args.bert_model is None:
+        return (*build_tiny_bert(args.seed), "tiny random BERT")
+    source = args.bert_model or DEFAULT_BERT
+    return AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source), source
+
+
+def build_contrastive_model(args: VLMTrainingArguments) -> tuple[ContrastiveDualEncoder, ContrastivePairProcessor]:
+    """
+    The dual encoder of stage contrastive: the vision tower of the model source (the tiny VLM's for `model: tiny`, so
+    that stage 2 with the same seed meets the same architecture), the text encoder of [`text_encoder`], new
+    projection heads of width `args.image_text_hidden_size`, and `args.contrastive_loss`.
+    """
+    if args.model == "tiny":
+        vlm, vlm_processor = build_tiny_vlm("mlp", seed=args.seed)
+        vision_tower, image_processor = vlm.vision_tower, vlm_processor.image_processor
+    else:
+        vision_tower, image_processor = load_vision_tower(args.vision_model), load_image_processor(args.vision_model)
+    bert, tokenizer, _ = text_encoder(args)
+    set_seed(args.seed)
+    model = build_dual_encoder(vision_tower, bert, args.contrastive_loss, args.image_text_hidden_size)
+    return model, ContrastivePairProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def build_stage1_model(args: VLMTrainingArguments) -> tuple[QFormerForPretraining, QFormerPretrainingProcessor]:
@@ -117,12 +154,7 @@ def build_stage1_model(args: VLMTrainingArguments) -> tuple[QFormerForPretrainin
         vlm_config = VLMConfig(
             vision_config=vision_tower.config, projector_type="qformer", **args.model_config, **vision_layer
         )
-    if args.model == "tiny" and args.bert_model is None:
-        bert_source = "tiny random BERT"
-        bert, tokenizer = build_tiny_bert(args.seed)
-    else:
-        bert_source = args.bert_model or DEFAULT_BERT
-        bert, tokenizer = AutoModel.from_pretrained(bert_source), AutoTokenizer.from_pretrained(bert_source)
+    bert, tokenizer, bert_source = text_encoder(args)
     set_seed(args.seed)
     return build_qformer_pretraining(
         vision_tower, image_processor, bert, tokenizer, bert_source,
@@ -189,6 +221,9 @@ def prepare_model_for_training(
     if args.stage == QFORMER_STAGE1:
         model = vlm.requires_grad_(True)
         vlm.vision_tower.requires_grad_(False)
+    elif args.stage == CONTRASTIVE:
+        model = vlm.requires_grad_(True)
+        vlm.text_model.requires_grad_(not args.lock_text)
     else:
         lora = None
         if args.stage == "lora":

@@ -104,11 +104,15 @@ def prepare_pair_data(
     model: QFormerForPretraining,
     processor: QFormerPretrainingProcessor,
 ) -> RunData:
-    """The splits of a stage-1 run: the training pairs' loader (shuffled once prepared) and the retrieval set."""
-    max_positions = model.config.qformer_config.max_position_embeddings
+    """
+    The splits of a pair stage's run (Q-Former stage 1 or contrastive): the training pairs' loader (shuffled once
+    prepared) and the retrieval set.
+    """
+    text_config = getattr(model.config, "qformer_config", None) or model.config.text_config  # the BERT's
+    max_positions = text_config.max_position_embeddings
     if args.max_caption_tokens + SPECIAL_TOKENS_PER_TEXT > max_positions:
         raise ValueError(
-            f"max_caption_tokens={args.max_caption_tokens} (+ [CLS] and [SEP]) exceeds the Q-Former's "
+            f"max_caption_tokens={args.max_caption_tokens} (+ [CLS] and [SEP]) exceeds the text encoder's "
             f"max_position_embeddings ({max_positions}, BERT's): lower max_caption_tokens."
         )
     if args.retrieval_rerank_k and not args.cache_vision_features:

@@ -124,6 +124,9 @@ def bridge_fields(model: VLMForConditionalGeneration | QFormerForPretraining) ->
     yet: fusion `"none"`, its queries as the tokens.
     """
     config = model.config
+    if getattr(config, "contrastive_loss", None) is not None:  # a contrastive dual encoder: one pooled embedding
+        return {"projector_type": "none", "num_image_tokens": 0, "fusion": "none", "num_visual_tokens": 1,
+                "cross_attention_layers": None}  # fmt: skip
     if isinstance(config, QFormerPretrainingConfig):
         queries = config.num_query_tokens
         return {"projector_type": "qformer", "num_image_tokens": queries, "fusion": "none",
@@ -141,6 +144,8 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
     """How the image reaches the language model: `mlp projector`, `perceiver projector + gated cross-attention before
     decoder layers 3, 7, ...`, or for stage 1 `qformer stage 1 (itc + itm + itg)`."""
     fields = bridge_fields(model)
+    if fields["projector_type"] == "none":
+        return f"contrastive dual encoder ({model.config.contrastive_loss} loss)"
     if fields["fusion"] == "none":
         return f"qformer stage 1 ({' + '.join(model.config.active_objectives)})"
     if fields["fusion"] != "cross_attention":

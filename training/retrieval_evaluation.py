@@ -66,7 +66,7 @@ def validation_losses(
             outputs = model(**batch)
             size = len(batch["input_ids"])
             for index, name in enumerate(LOSS_NAMES):
-                value = getattr(outputs, name)
+                value = getattr(outputs, name, None)  # a contrastive dual encoder has the one loss only
                 totals[index] += 0.0 if value is None else value.float() * size
             totals[-1] += size
             features = batch.get("vision_features")

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 
-from .arguments import QFORMER_STAGE1, VLMTrainingArguments
+from .arguments import PAIR_STAGES, VLMTrainingArguments
 from .conversation_data import ChatCollator, MixedExamples, conversation_examples, conversation_lengths, mixed_examples
 from .data import (
     DATA_SEED_SPREAD,
@@ -32,7 +32,7 @@ def prepare_run_data(
     args: VLMTrainingArguments, accelerator: Accelerator, vlm: VLMForConditionalGeneration, processor: VLMProcessor
 ) -> RunData:
     """The training examples and loader, the prepared evaluation set and the cached features of the run."""
-    if args.stage == QFORMER_STAGE1:
+    if args.stage in PAIR_STAGES:
         return prepare_pair_data(args, accelerator, vlm, processor)
     if args.conversations_only:
         return prepare_conversation_data(args, accelerator, vlm, processor)
