@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import instruct, levers, sft_peer
+from benchmarks import contrastive_step, instruct, levers, sft_peer
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
@@ -169,3 +169,11 @@ def test_trl_sft_trainer_peer_trains_on_the_same_loss_and_is_timed_step_for_step
     assert report["ours_s"] > 0 and report["trl_s"] > 0
     assert report["ratio_min"] <= report["ratio_median"] <= report["ratio_max"]
     assert "| finetune training step (LLaVA-1.5 stage 2) |" in sft_peer.format_report(report)
+
+
+def test_the_contrastive_step_benchmark_times_both_losses():
+    rows = contrastive_step.benchmark_contrastive(small=True, batch_size=4, timed_steps=1)
+    assert [row["loss"] for row in rows] == ["clip", "sigmoid"]
+    assert all(row["pairs_per_s"] == pytest.approx(4 / row["step_s"]) and row["parameters"] > 0 for row in rows)
+    assert rows[1]["parameters"] == rows[0]["parameters"] + 1  # SigLIP's learned bias
+    assert "| sigmoid | 4 |" in contrastive_step.format_rows(rows)
