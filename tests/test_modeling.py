@@ -516,3 +516,35 @@ def test_an_unknown_feature_select_strategy_is_refused():
     with pytest.raises(ValueError, match=r"vision_feature_select_strategy='cls_patch' is invalid; choose 'default'"):
         VLMConfig(vision_feature_select_strategy="cls_patch")
     assert VLMConfig(vision_feature_select_strategy="full").num_patches == 196  # SigLIP has no class token to keep
+
+
+def test_from_pretrained_backbones_builds_llavas_bridge_on_a_clip_dual_encoder(tmp_path, images):
+    """LLaVA-1.5's recipe on a local tiny CLIP checkpoint (both towers, as openai/clip-* ships): its vision half."""
+    clip_config = transformers.CLIPConfig(
+        vision_config={k: v for k, v in TINY_CLIP_VISION_CONFIG.items() if k != "model_type"},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    clip = transformers.CLIPModel(clip_config)
+    clip.save_pretrained(tmp_path / "clip")
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "clip"
+    )
+    tiny, tiny_processor = build_tiny_vlm("mlp")
+    tiny.language_model.save_pretrained(tmp_path / "text")
+    tiny_processor.tokenizer.save_pretrained(tmp_path / "text")
+
+    model, processor = VLMForConditionalGeneration.from_pretrained_backbones(
+        vision=tmp_path / "clip", text=tmp_path / "text", projector_type="mlp", vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )  # fmt: skip
+    assert type(model.vision_tower).__name__ == "CLIPVisionModel"
+    assert processor.num_image_tokens == model.config.num_image_tokens == 16  # the class token dropped
+    with torch.no_grad():  # the dual encoder's own vision weights: the same layer -2 tokens, less the class token
+        expected = clip.vision_model(pixel_values=torch.zeros(1, 3, 32, 32), output_hidden_states=True).hidden_states[-2]
+        torch.testing.assert_close(model.get_vision_features(torch.zeros(1, 3, 32, 32)), expected[:, 1:])
+    prompt = processor.apply_chat_template(caption_messages(), add_generation_prompt=True)
+    batch = processor(images=images[:2], text=[prompt] * 2, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
