@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, AutoModel, BertConfig
 
-from benchmarks.measure import PeakMemory, environment, time_calls
+from benchmarks.measure import PeakMemory, environment, software_line, time_calls
 from benchmarks.sections import training_precision
 from configuration_vlm import DEFAULT_VISION_CONFIG
 from contrastive_pretraining import ContrastiveDualEncoder, build_dual_encoder
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     rows = benchmark_contrastive(args.small, args.batch_size)
     env = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    print(f"{env['hardware']}, torch {env['torch']}, transformers {env['transformers']}, {env['date']}")
+    print(f"{software_line(env)}, {env['date']}")
     print(format_rows(rows))
     return rows
 

@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-from benchmarks.measure import environment, synchronize
+from benchmarks.measure import environment, software_line, synchronize
 from benchmarks.workloads import build_benchmark_model, synthetic_images
 from configuration_vlm import DEFAULT_TEXT_CONFIG, DEFAULT_VISION_CONFIG
 from evaluation.captioning import caption_prompt
@@ -172,8 +172,8 @@ def compare(small: bool, text_layers: int, vision_layers: int, batch_size: int, 
 def format_report(report: dict) -> str:
     env, settings = report["environment"], report["settings"]
     header = (
-        f"{env['hardware']} ({env['device']}), torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['date']}; batch {settings['batch_size']}, sequence {settings['sequence_length']} tokens, vocabulary "
+        f"{software_line(env)}, {env['date']}; batch {settings['batch_size']}, sequence "
+        f"{settings['sequence_length']} tokens, vocabulary "
         f"{settings['vocab_size']:,}, {settings['rounds']} interleaved rounds; loss ours "
         f"{report['loss']['ours']:.6f} / Llava {report['loss']['llava']:.6f}; greedy tokens identical: "
         f"{report['same_tokens']}"

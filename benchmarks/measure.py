@@ -133,6 +133,11 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def software_line(env: dict[str, Any]) -> str:
+    """The hardware and library versions of an [`environment`], as a report's header starts."""
+    return f"{env['hardware']} ({env['device']}), torch {env['torch']}, transformers {env['transformers']}"
+
+
 def publish_report(tables: str, report: dict[str, Any], output: str | None) -> None:
     """Prints a benchmark's `tables` and writes its `report` as JSON to `output` when given."""
     print(tables)

@@ -36,7 +36,7 @@ from datasets import Dataset
 from transformers import LlavaForConditionalGeneration, TrainerCallback
 
 from benchmarks.llava_peer import build_pair
-from benchmarks.measure import autocast, environment, publish_report, synchronize
+from benchmarks.measure import autocast, environment, publish_report, software_line, synchronize
 from data.shapes_vqa import make_shapes_conversations
 from evaluation.markdown_tables import markdown_table
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
@@ -174,8 +174,8 @@ def compare(small: bool, text_layers: int, vision_layers: int, rows: int, rounds
 def format_report(report: dict[str, Any]) -> str:
     env, settings = report["environment"], report["settings"]
     header = (
-        f"{env['hardware']} ({env['device']}), torch {env['torch']}, transformers {env['transformers']}, trl "
-        f"{env['trl']}, {env['date']}; {settings['rows']} conversations, {settings['images']} images, padded to "
+        f"{software_line(env)}, trl {env['trl']}, {env['date']}; {settings['rows']} conversations, "
+        f"{settings['images']} images, padded to "
         f"{settings['padded_length']} tokens ({settings['tokens']} real, {settings['labelled_tokens']} labelled), "
         f"vocabulary {settings['vocab_size']:,}, {settings['rounds']} interleaved steps; loss ours "
         f"{report['loss']['ours']:.6f} / TRL {report['loss']['trl']:.6f}"

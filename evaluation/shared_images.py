@@ -27,8 +27,7 @@ def shared_image_inputs(
     The model inputs of `texts` (rows `start`... of `images` and `image_keys`): their tokens with the image
     placeholders, and `vision_features` of each row computed once per distinct key.
     """
-    keys = list(image_keys[start : start + len(texts)])
-    features, rows = distinct_image_features(model, processor, images, keys, start)
+    features, rows = distinct_image_features(model, processor, images, image_keys, start, len(texts))
     expanded = [processor.expand_image_tokens(text) for text in texts]
     inputs = processor.tokenizer(expanded, padding=True, return_tensors="pt").to(model.device)
     inputs["vision_features"] = features[rows]
@@ -36,12 +35,19 @@ def shared_image_inputs(
 
 
 def distinct_image_features(
-    model: PreTrainedModel, processor: ProcessorMixin, images: Sequence, keys: list[str], start: int
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence,
+    image_keys: Sequence[str],
+    start: int,
+    count: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    The vision features `(num_distinct, num_patches, vision_dim)` of the distinct `keys` (each image of rows `start`...
-    of `images` decoded and run through the tower once), and for each row the index of its image among them.
+    The vision features `(num_distinct, num_patches, vision_dim)` of the distinct keys of rows `start`... `start +
+    count` of `image_keys` (each image of `images` decoded and run through the tower once), and for each of those rows
+    the index of its image among them.
     """
+    keys = list(image_keys[start : start + count])
     distinct = list(dict.fromkeys(keys))
     opened = [to_rgb_image(images[start + keys.index(key)]) for key in distinct]
     pixel_values = processor.image_processor(opened, return_tensors="pt")["pixel_values"]
@@ -82,8 +88,7 @@ def generate_with_shared_prefill(
     length = shared_prefix_length(token_ids, processor.image_token_id)
     if length is None:
         return None
-    keys = list(image_keys[start : start + len(texts)])
-    features, rows = distinct_image_features(model, processor, images, keys, start)
+    features, rows = distinct_image_features(model, processor, images, image_keys, start, len(texts))
     prefix = torch.tensor([token_ids[0][:length]] * len(features), device=model.device)
     with torch.inference_mode():
         cache = model(input_ids=prefix, vision_features=features, use_cache=True)[CACHE_NAME]

@@ -82,6 +82,13 @@ def save_best_model(
     accelerator.wait_for_everyone()
 
 
+def best_file_step(best_file: str) -> int | None:
+    """The optimizer step whose trainable parameters `best/trainable.safetensors` holds (its metadata)."""
+    with safe_open(best_file, framework="pt") as file:
+        step = (file.metadata() or {}).get("step")
+    return None if step is None else int(step)
+
+
 def discard_stale_best(accelerator: Accelerator, output_dir: str, best_step: int | None) -> None:
     """
     Removes `output_dir/best/trainable.safetensors` unless it holds the best evaluation `best_step` of the state a
@@ -89,9 +96,8 @@ def discard_stale_best(accelerator: Accelerator, output_dir: str, best_step: int
     """
     best_file = os.path.join(output_dir, BEST_DIR, BEST_TRAINABLE_NAME)
     if accelerator.is_main_process and os.path.isfile(best_file):
-        with safe_open(best_file, framework="pt") as file:
-            step = (file.metadata() or {}).get("step")
-        if step != str(best_step):
+        step = best_file_step(best_file)
+        if step is None or step != best_step:
             accelerator.print(f"Removing {best_file}: it is from step {step}, the resumed run's best is {best_step}.")
             os.remove(best_file)
     accelerator.wait_for_everyone()
@@ -113,10 +119,8 @@ def finish_best_model(
     accelerator.wait_for_everyone()
     if not load_best:
         return None
-    with safe_open(best_file, framework="pt") as file:
-        step = int((file.metadata() or {})["step"])
     load_trainable_parameters(bare_model(accelerator, model), load_file(best_file), best_file)
-    return step
+    return best_file_step(best_file)
 
 
 def save_final_model(
