@@ -1050,11 +1050,16 @@ def load_vision_tower(vision: str | os.PathLike, dtype: torch.dtype | None = Non
     The vision tower of a pretrained checkpoint (Hub id or directory), without its pooling head: a vision-only model,
     or the vision half of a dual encoder such as `google/siglip-base-patch16-224`.
     """
+    return AutoModel.from_pretrained(vision, config=load_vision_tower_config(vision), dtype=dtype)
+
+
+def load_vision_tower_config(vision: str | os.PathLike) -> PretrainedConfig:
+    """The config of [`load_vision_tower`]'s tower: the checkpoint's vision config, without a pooling head."""
     vision_config = AutoConfig.from_pretrained(vision)
     vision_config = getattr(vision_config, "vision_config", vision_config)
     if hasattr(vision_config, "vision_use_head"):
         vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
-    return AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
+    return vision_config
 
 
 def load_image_processor(vision: str | os.PathLike):

@@ -5,7 +5,8 @@ towers built from theirs, the projection heads, the learned `logit_scale`, savin
 `from_vision_text_pretrained`), trained with [`~contrastive_pretraining.losses.clip_loss`] or
 [`~contrastive_pretraining.losses.sigmoid_loss`] over the global batch, and exposing what the training loop's
 image-text pair path reads (`vision_tower`, `get_vision_features`, `image_embeddings`, `text_embeddings`,
-`config.active_objectives`), so that the same loop, checkpoints and retrieval evaluation serve it.
+`pooled_text_features`, `config.active_objectives`), so that the same loop, checkpoints, feature caches and retrieval
+evaluation serve it.
 """
 
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class ContrastiveDualEncoder(VisionTextDualEncoderModel):
     (`[CLS]`) token.
     """
 
+    reads_pooled_vision_features = True  # what a frozen tower's feature cache holds for it: one vector per image
+
     def __init__(self, config: VisionTextDualEncoderConfig, vision_model=None, text_model=None):
         loss = getattr(config, "contrastive_loss", "clip")
         if loss not in CONTRASTIVE_LOSSES:
@@ -53,6 +56,17 @@ class ContrastiveDualEncoder(VisionTextDualEncoderModel):
             self.text_model.pooler = None  # texts are pooled by their first token: BERT's pooler would go untrained
         self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_LOGIT_BIAS_INIT)) if loss == "sigmoid" else None
         self.config.active_objectives = ["itc"]  # the one loss the pair path logs, as `train/loss_itc`
+
+    def train(self, mode: bool = True) -> "ContrastiveDualEncoder":
+        """
+        Sets training mode, except on a locked side (all its parameters frozen): a locked tower is a fixed feature
+        extractor, its dropout off, so that its features equal those its cache holds.
+        """
+        super().train(mode)
+        for tower in (self.vision_model, self.text_model):
+            if not any(parameter.requires_grad for parameter in tower.parameters()):
+                tower.eval()
+        return self
 
     @property
     def vision_tower(self) -> nn.Module:
@@ -70,15 +84,29 @@ class ContrastiveDualEncoder(VisionTextDualEncoderModel):
         """L2-normalised image embeddings `(num_images, 1, projection_dim)`: one query each, as retrieval reads them."""
         return F.normalize(self.visual_projection(vision_features), dim=-1)[:, None]
 
-    def text_embeddings(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.FloatTensor:
-        """L2-normalised text embeddings `(num_texts, projection_dim)`: the projected first token."""
+    def pooled_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The text encoder's first (`[CLS]`) token `(num_texts, text_hidden_size)`: a locked one's cache holds it."""
         hidden = getattr(self.text_model(input_ids=input_ids, attention_mask=attention_mask), "last_hidden_state", None)
         if hidden is None:
             raise ValueError(
                 f"The text encoder {type(self.text_model).__name__} returns no last_hidden_state to pool its first "
                 "token from: use a BERT-family encoder."
             )
-        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+        return hidden[:, 0]
+
+    def text_embeddings(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        text_features: torch.FloatTensor | None = None,
+    ) -> torch.FloatTensor:
+        """
+        L2-normalised text embeddings `(num_texts, projection_dim)`: the projected first token, or the projected
+        `text_features` `(num_texts, text_hidden_size)` of [`pooled_text_features`] when they are given (cached).
+        """
+        if text_features is None:
+            text_features = self.pooled_text_features(input_ids, attention_mask)
+        return F.normalize(self.text_projection(text_features), dim=-1)
 
     def forward(
         self,
@@ -86,17 +114,19 @@ class ContrastiveDualEncoder(VisionTextDualEncoderModel):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         vision_features: torch.FloatTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> ContrastiveOutput:
         """
-        The contrastive loss of the pairs: `input_ids` and `attention_mask` `(batch_size, text_length)`, and
-        `pixel_values` `(batch_size, 3, image_size, image_size)` or the pooled `vision_features` `(batch_size,
-        vision_hidden_size)` of a frozen tower.
+        The contrastive loss of the pairs: `input_ids` and `attention_mask` `(batch_size, text_length)` (or, from a
+        locked encoder's cache, their pooled `text_features` `(batch_size, text_hidden_size)`, which replace the
+        encoder's pass), and `pixel_values` `(batch_size, 3, image_size, image_size)` or the pooled `vision_features`
+        `(batch_size, vision_hidden_size)` of a frozen tower.
         """
         if vision_features is None:
             vision_features = self.get_vision_features(pixel_values)
         image_embeds = self.image_embeddings(vision_features)[:, 0]
-        text_embeds = self.text_embeddings(input_ids, attention_mask)
+        text_embeds = self.text_embeddings(input_ids, attention_mask, text_features)
         if self.logit_bias is None:
             loss = clip_loss(image_embeds, text_embeds, self.logit_scale)
         else:

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from contrastive_pretraining import ContrastiveDualEncoder, build_dual_encoder
 from contrastive_pretraining.losses import CLIP_LOGIT_SCALE_INIT, SIGLIP_LOGIT_SCALE_INIT, clip_loss, sigmoid_loss
+from data.captions import make_shapes_dataset
 from models.tiny import TINY_CLIP_VISION_CONFIG, build_tiny_bert, build_tiny_vlm
 from tiny_runs import assert_same_weights, saved_weights, tiny_args
 from training import train
+from training.arguments import DEFAULT_MAX_CAPTION_TOKENS
+from training.model_setup import build_contrastive_model, prepare_model_for_training
+from training.pair_data import PairCollator
+from training.text_feature_cache import load_or_compute_text_features
 
 
 TEXTS = ["a red circle on the left.", "a blue square at the top.", "two green triangles.", "a small yellow star."]
@@ -75,7 +81,9 @@ def test_a_text_encoder_that_cannot_pool_is_refused():
     [
         ({"contrastive_loss": "triplet"}, "contrastive_loss='triplet' is invalid; choose 'clip' or 'sigmoid'"),
         ({"retrieval_rerank_k": 4}, "no matching head to re-rank with"),
-        ({"stage": "align", "lock_text": True}, "lock_text freezes stage contrastive's text encoder"),
+        ({"stage": "align", "lock_text": True}, "lock_text is an option of stage contrastive; this run's stage"),
+        ({"stage": "align", "lock_image": True}, "lock_image is an option of stage contrastive; this run's stage"),
+        ({"lock_image": True, "vision_from_scratch": True}, "would keep a random tower frozen"),
     ],
 )
 def test_invalid_contrastive_settings_are_refused(tmp_path, overrides, message):
@@ -136,6 +144,32 @@ def test_a_vision_init_of_another_tower_is_refused_naming_the_field(tmp_path):
         tiny_args(tmp_path, stage="contrastive", vision_init=str(tmp_path / "clip"))
 
 
+def test_a_locked_text_encoders_cached_features_train_as_its_passes_do(tmp_path):
+    """LiT's locked text: every reference encoded once; every epoch reads its draw; the run equals the uncached one."""
+    common = {"stage": "contrastive", "max_train_samples": 48, "num_train_epochs": 3, "lock_text": True,
+              "feature_cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    cached = train(tiny_args(tmp_path, output_dir=str(tmp_path / "cached"), **common))
+    again = train(tiny_args(tmp_path, output_dir=str(tmp_path / "again"), **common))
+    read = train(tiny_args(tmp_path, output_dir=str(tmp_path / "read"), cache_vision_features=False, **common))
+    assert cached.feature_cache["train texts"] == "computed" and again.feature_cache["train texts"] == "hit"
+    assert read.feature_cache["train texts"] is None
+    assert len(list((tmp_path / "cache").glob("text-*.safetensors"))) == 1
+    # Padded otherwise, the features differ in the 7th digit, which Adam's normalised steps grow on the attention
+    # biases that get next to no gradient; every weight stays within 1e-3 of the uncached run's.
+    assert_same_weights(saved_weights(tmp_path / "cached"), saved_weights(tmp_path / "read"), atol=1e-3)
+    assert_same_weights(saved_weights(tmp_path / "again"), saved_weights(tmp_path / "cached"), atol=0)
+    model, processor = build_contrastive_model(tiny_args(tmp_path, **common))
+    prepare_model_for_training(model, tiny_args(tmp_path, **common)).train()
+    captions = make_shapes_dataset(48, split="train")["captions"]
+    collator = PairCollator(processor, DEFAULT_MAX_CAPTION_TOKENS)
+    cache = load_or_compute_text_features(model, collator.tokenize, captions, Accelerator(), tmp_path / "cache")
+    assert cache.cache_hit and cache.features.shape == (sum(map(len, captions)), 32)
+    for row, reference in [(0, 0), (5, 2), (47, len(captions[47]) - 1)]:
+        with torch.no_grad():
+            expected = model.pooled_text_features(**collator.tokenize([captions[row][reference]]))[0]
+        torch.testing.assert_close(cache.of(row, reference), expected, atol=1e-6, rtol=0)
+
+
 def test_a_contrastive_run_resumes_mid_epoch_to_the_uninterrupted_result(tmp_path):
     args = tiny_args(
         tmp_path, stage="contrastive", contrastive_loss="sigmoid", max_train_samples=48, save_steps=3,
@@ -151,3 +185,51 @@ def test_a_contrastive_run_resumes_mid_epoch_to_the_uninterrupted_result(tmp_pat
     for name, tensor in build_tiny_bert()[0].state_dict().items():  # lock_text: the text encoder kept its weights
         if "pooler" not in name:
             assert torch.equal(expected[f"text_model.{name}"], tensor), name
+
+
+def test_locked_image_tuning_trains_on_cached_pooled_features_as_on_the_images(tmp_path):
+    """LiT: the tower frozen, its pooled features computed once; the run equals one that reads the images."""
+    common = {"stage": "contrastive", "max_train_samples": 48, "max_eval_samples": 16, "num_train_epochs": 2,
+              "lock_image": True, "eval_strategy": "epoch", "feature_cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    cached = train(tiny_args(tmp_path, output_dir=str(tmp_path / "cached"), **common))
+    again = train(tiny_args(tmp_path, output_dir=str(tmp_path / "again"), **common))
+    read = train(tiny_args(tmp_path, output_dir=str(tmp_path / "read"), cache_vision_features=False, **common))
+    assert cached.feature_cache == {"train": "computed", "eval": "computed"}
+    assert again.feature_cache == {"train": "hit", "eval": "hit"} and read.feature_cache["train"] is None
+    weights = saved_weights(tmp_path / "cached")
+    assert_same_weights(weights, saved_weights(tmp_path / "read"), atol=1e-5)
+    tower = build_tiny_vlm("mlp")[0].vision_tower.state_dict()
+    for name, tensor in tower.items():  # locked: the tower kept its weights; the text side and the heads trained
+        assert torch.equal(weights[f"vision_model.{name}"], tensor), name
+    bert = build_tiny_bert()[0].state_dict()
+    assert not torch.equal(weights["text_model.embeddings.word_embeddings.weight"],
+                           bert["embeddings.word_embeddings.weight"])  # fmt: skip
+    assert cached.history[-1]["i2t_R10"] == pytest.approx(read.history[-1]["i2t_R10"])
+    card = (tmp_path / "cached" / "README.md").read_text()
+    assert "the vision tower locked (LiT's locked-image tuning" in card and "the text encoder tuned" in card
+
+
+def test_a_tower_trained_from_scratch_starts_from_fresh_weights_of_its_architecture(tmp_path):
+    vlm, processor = build_tiny_vlm("mlp")
+    with torch.no_grad():  # a "pretrained" checkpoint: weights no random initialisation gives
+        for parameter in vlm.vision_tower.parameters():
+            parameter.add_(1.0)
+    vlm.vision_tower.save_pretrained(tmp_path / "vision")
+    processor.image_processor.save_pretrained(tmp_path / "vision")
+    bert, tokenizer = build_tiny_bert()
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    sources = {"model": None, "vision_model": str(tmp_path / "vision"), "bert_model": str(tmp_path / "bert")}
+    pretrained = vlm.vision_tower.state_dict()
+    tuned, _ = build_contrastive_model(tiny_args(tmp_path, stage="contrastive", **sources))
+    assert_same_weights(tuned.vision_model.state_dict(), pretrained)
+    scratch_args = tiny_args(tmp_path, stage="contrastive", vision_from_scratch=True, **sources)
+    fresh, _ = build_contrastive_model(scratch_args)
+    weights = fresh.vision_model.state_dict()
+    assert weights.keys() == pretrained.keys()
+    assert all(weights[name].shape == pretrained[name].shape for name in pretrained)
+    for name in ("embeddings.patch_embedding.weight", "encoder.layers.0.self_attn.q_proj.weight"):
+        assert (weights[name] - pretrained[name]).abs().min() > 0, name  # every weight re-drawn
+    assert_same_weights(weights, build_contrastive_model(scratch_args)[0].vision_model.state_dict())  # the seed's
+    model = prepare_model_for_training(fresh, scratch_args)
+    assert all(parameter.requires_grad for parameter in model.vision_model.parameters())

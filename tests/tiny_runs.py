@@ -37,10 +37,12 @@ def tiny_args(tmp_path: Path, **overrides) -> VLMTrainingArguments:
     return VLMTrainingArguments(**{**defaults, **overrides})
 
 
-def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+def assert_same_weights(
+    actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float = 1e-6
+) -> None:
     assert actual.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+        torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0, msg=name)
 
 
 def saved_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -7,8 +7,9 @@ Training of [`VLMForConditionalGeneration`] on image-caption data with 🤗 Acce
 - `model_setup`: the model source (a Q-Former stage-1 model, or a VLM whose Q-Former starts from one), the freeze
   stage (`align`, `finetune`, `lora`), AdamW and the schedule;
 - `data`: caption examples, the collator, the training loader and the evaluation set;
-- `pair_data`: Q-Former stage 1's image-text pairs and its retrieval evaluation set;
+- `pair_data`: the image-text pairs of Q-Former stage 1 and stage contrastive, and their retrieval evaluation set;
 - `feature_cache`: the on-disk cache of a frozen vision tower's features;
+- `text_feature_cache`: the same for stage contrastive's locked text encoder;
 - `integrity`: checksum manifests and the frozen weights' reference, what makes a checkpoint safe to resume;
 - `checkpointing`: lean atomic checkpoints, rotation, verified resume of the same run;
 - `output_dir`, `run_lock`: the output directory checked before a run writes to it, and held by one run at a time;

@@ -45,6 +45,7 @@ RESUME_SETTINGS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "learning_rate",
     "projector_lr", "llm_lr", "vision_lr", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
     "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "contrastive_loss", "lock_text",
+    "lock_image", "vision_from_scratch",
 )  # fmt: skip
 LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -112,6 +113,17 @@ class VLMTrainingArguments:
     )
     lock_text: bool = field(
         default=False, metadata={"help": "Stage contrastive: keep the text encoder frozen (LiT's locked text)."}
+    )
+    lock_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Stage contrastive: keep the vision tower frozen (LiT's locked-image tuning); its pooled features "
+            "are then computed once and cached."
+        },
+    )
+    vision_from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Stage contrastive: train the vision tower from random weights, not the pretrained ones."},
     )
     itc_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text contrastive (0: off)."})
     itm_weight: float = field(default=1.0, metadata={"help": "Stage 1: weight of image-text matching (0: off)."})
@@ -231,9 +243,13 @@ class VLMTrainingArguments:
         },
     )
 
-    # Vision feature cache (frozen vision tower only).
+    # Feature caches (frozen vision tower; in stage contrastive a locked text encoder too).
     cache_vision_features: bool = field(
-        default=True, metadata={"help": "Compute a frozen tower's features once and read them from disk after."}
+        default=True,
+        metadata={
+            "help": "Compute a frozen tower's features (and stage contrastive's locked text encoder's) once and read "
+            "them from disk after."
+        },
     )
     feature_cache_dir: str = field(default="outputs/feature_cache", metadata={"help": "Where the features are kept."})
 
@@ -385,9 +401,15 @@ class VLMTrainingArguments:
                 "`model: tiny` or vision_model + text_model, in a VLM stage (align, finetune, lora)."
             )
         if self.stage != CONTRASTIVE:
-            if self.lock_text:
-                raise ValueError(f"lock_text freezes stage contrastive's text encoder; this run's is {self.stage!r}.")
+            for name in ("lock_text", "lock_image", "vision_from_scratch"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} is an option of stage contrastive; this run's stage is {self.stage!r}.")
             return
+        if self.lock_image and self.vision_from_scratch:
+            raise ValueError(
+                "lock_image with vision_from_scratch would keep a random tower frozen: drop one of them (LiT locks "
+                "a pretrained tower)."
+            )
         if self.contrastive_loss not in ("clip", "sigmoid"):
             raise ValueError(f"contrastive_loss={self.contrastive_loss!r} is invalid; choose 'clip' or 'sigmoid'.")
         if self.model_name_or_path is not None or self.qformer_init is not None or self.retrieval_rerank_k:

@@ -26,6 +26,7 @@ from processing_vlm import VLMProcessor
 from .arguments import DEFAULT_MAX_CAPTION_TOKENS, VLMTrainingArguments
 from .feature_cache import VisionFeatures, load_or_compute_vision_features
 from .length_grouping import EpochLengthGroupedSampler
+from .text_feature_cache import TextFeatures
 
 
 DATA_SEED_SPREAD = 1_000_003
@@ -43,6 +44,8 @@ class CaptionExamples(torch.utils.data.Dataset):
         rows (`list[int]`, *optional*): the rows to use, in order (all by default).
         seed (`int`): seed of the reference drawn for each row and epoch.
         vision_features ([`VisionFeatures`], *optional*): cached features used instead of the images.
+        text_features ([`~training.text_feature_cache.TextFeatures`], *optional*): cached features of the references
+            (a locked text encoder's), given with each caption as `text_features`.
         redraw_each_epoch (`bool`, *optional*, defaults to `True`): draw another reference every epoch; without it
             (evaluation), every pass sees the same references, whatever epoch a data loader sets.
     """
@@ -54,6 +57,7 @@ class CaptionExamples(torch.utils.data.Dataset):
         seed: int = 0,
         vision_features: VisionFeatures | None = None,
         redraw_each_epoch: bool = True,
+        text_features: TextFeatures | None = None,
     ):
         self.images = dataset.select_columns(["image"]).cast_column("image", ImageFeature(decode=False))
         self.image_ids = list(dataset["image_id"])
@@ -63,6 +67,7 @@ class CaptionExamples(torch.utils.data.Dataset):
         self.epoch = 0
         self.vision_features = vision_features
         self.redraw_each_epoch = redraw_each_epoch
+        self.text_features = text_features
 
     def set_epoch(self, epoch: int) -> None:
         # Accelerate's prepared loaders set the epoch of their dataset at every pass, evaluation loaders included.
@@ -78,9 +83,10 @@ class CaptionExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        references = self.captions[row]
-        caption = references[self.reference_index(row, self.epoch)]
-        example = {"image_id": self.image_ids[row], "caption": caption}
+        reference = self.reference_index(row, self.epoch)
+        example = {"image_id": self.image_ids[row], "caption": self.captions[row][reference]}
+        if self.text_features is not None:
+            example["text_features"] = self.text_features.of(row, reference)
         if self.vision_features is None:
             example["image"] = open_image(self.images[row]["image"])
         else:
@@ -179,7 +185,7 @@ class RunData:
     train_examples: CaptionExamples  # or, with conversations, `conversation_data.MixedExamples`
     train_loader: DataLoader
     eval_set: Any  # `EvalSet`, or for Q-Former stage 1 `pair_data.RetrievalEvalSet`
-    features: dict[str, VisionFeatures | None]
+    features: dict[str, VisionFeatures | TextFeatures | None]  # per split; "train texts": a locked encoder's
     num_conversations: int = 0
     refused_conversations: list[str] = field(default_factory=list)  # the errors of those left out
 

@@ -7,6 +7,7 @@ by every epoch and by every run of a comparison instead of running the tower aga
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,16 @@ class VisionFeatures:
         return (self.row_index >= 0).nonzero().flatten().tolist()
 
 
+def feature_selection(vlm: torch.nn.Module) -> tuple[str, str]:
+    """
+    Which of the tower's outputs `vlm` reads: a layer's tokens (a class token kept or dropped, see
+    `vision_feature_select_strategy`), or a dual encoder's one pooled feature per image.
+    """
+    if getattr(vlm, "reads_pooled_vision_features", False):
+        return "pooled", "1"
+    return str(vlm.config.vision_feature_layer), str(vlm.config.num_patches)
+
+
 def vision_features_cache_key(
     vlm: VLMForConditionalGeneration, processor: VLMProcessor, dataset: Dataset, precision: str
 ) -> str:
@@ -52,8 +63,7 @@ def vision_features_cache_key(
     parts = (
         dataset._fingerprint,
         json.dumps(vlm.config.vision_config.to_dict(), sort_keys=True, default=str),
-        str(vlm.config.vision_feature_layer),
-        str(vlm.config.num_patches),  # a class token kept or dropped (`vision_feature_select_strategy`)
+        *feature_selection(vlm),
         json.dumps(processor.image_processor.to_dict(), sort_keys=True, default=str),
         precision,
     )
@@ -79,16 +89,28 @@ def load_or_compute_vision_features(
     """
     precision = str(accelerator.mixed_precision)
     path = Path(cache_dir) / f"{vision_features_cache_key(vlm, processor, dataset, precision)}.safetensors"
-    if path.exists():
-        tensors = load_file(path)
-        return VisionFeatures(tensors["features"], tensors["row_index"], cache_hit=True)
 
-    features, row_index = compute_vision_features(vlm, processor, dataset, accelerator, batch_size)
+    def compute() -> dict[str, torch.Tensor]:
+        features, row_index = compute_vision_features(vlm, processor, dataset, accelerator, batch_size)
+        return {"features": features, "row_index": row_index}
+
+    tensors, hit = load_or_save(path, compute)
+    return VisionFeatures(tensors["features"], tensors["row_index"], cache_hit=hit)
+
+
+def load_or_save(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
+    """
+    `(tensors, cache hit)`: the tensors of the safetensors file `path`, or those `compute` returns, then written to
+    `path` atomically (a run that stops half-way leaves no file another would read).
+    """
+    if path.exists():
+        return load_file(path), True
+    tensors = {name: tensor.contiguous() for name, tensor in compute().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.stem}.tmp-{os.getpid()}")
-    save_file({"features": features.contiguous(), "row_index": row_index}, str(temporary))
+    save_file(tensors, str(temporary))
     os.replace(temporary, path)
-    return VisionFeatures(features, row_index, cache_hit=False)
+    return tensors, False
 
 
 def compute_vision_features(
@@ -105,8 +127,8 @@ def compute_vision_features(
     images = dataset.cast_column("image", ImageFeature(decode=False))["image"]
     row_index = torch.full((len(dataset),), -1, dtype=torch.long)
     chunks = []
-    vision_tower_device = vlm.vision_tower.device
-    vlm.vision_tower.to(accelerator.device)
+    vision_tower_device, training = vlm.vision_tower.device, vlm.vision_tower.training
+    vlm.vision_tower.to(accelerator.device).eval()  # no dropout in a cached feature (SigLIP and CLIP have none)
     for start in tqdm(
         range(0, len(dataset), batch_size),
         desc="caching vision features",
@@ -121,8 +143,9 @@ def compute_vision_features(
             chunks.append(vlm.get_vision_features(pixel_values.to(accelerator.device)).cpu())
         first = sum(len(chunk) for chunk in chunks[:-1])
         row_index[[row for row, _ in readable]] = torch.arange(first, first + len(readable))
-    vlm.vision_tower.to(vision_tower_device)
+    vlm.vision_tower.to(vision_tower_device).train(training)
     if not chunks:
         config = vlm.config
-        return torch.empty(0, config.num_patches, config.vision_config.hidden_size), row_index
+        tokens = () if getattr(vlm, "reads_pooled_vision_features", False) else (config.num_patches,)
+        return torch.empty(0, *tokens, config.vision_config.hidden_size), row_index
     return torch.cat(chunks), row_index

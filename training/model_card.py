@@ -180,6 +180,7 @@ def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results
         "bert": args.bert_model or ("tiny random BERT" if args.model == "tiny" else "bert-base-uncased"),
         "num_queries": results.num_visual_tokens,
         "loss_name": LOSS_NAMES[args.contrastive_loss],
+        "trained_sides": trained_sides(args),
         "objectives": " + ".join(objectives),
         "ranking": f"(top {args.retrieval_rerank_k} re-ranked by ITM)" if args.retrieval_rerank_k else "(ITC only)",
         "history_table": history_table(results.history, [*losses, *(m for m in STAGE1_CARD_METRICS if m in final)]),
@@ -190,6 +191,15 @@ def write_stage1_model_card(output_dir: str, args: VLMTrainingArguments, results
     card = ModelCard.from_template(card_data, template_path=str(template), **values)
     card.save(os.path.join(output_dir, "README.md"))
     return card
+
+
+def trained_sides(args: VLMTrainingArguments) -> str:
+    """What a contrastive run trained, in LiT's terms: each side locked, tuned from the source's weights, or new."""
+    if args.lock_image:
+        tower = "locked (LiT's locked-image tuning: its pooled features computed once)"
+    else:
+        tower = "trained from scratch" if args.vision_from_scratch else "tuned from the model source's weights"
+    return f"the vision tower {tower}; the text encoder {'locked' if args.lock_text else 'tuned'}"
 
 
 def _results_fields(results: TrainingResults) -> dict[str, str | int]:

@@ -22,7 +22,7 @@ from contrastive_pretraining import (
     build_dual_encoder,
     load_contrastive_tower,
 )
-from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower
+from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower, load_vision_tower_config
 from models.tiny import build_tiny_bert, build_tiny_vlm
 from processing_vlm import VLMProcessor
 from qformer_pretraining import (
@@ -132,9 +132,13 @@ def build_contrastive_model(args: VLMTrainingArguments) -> tuple[ContrastiveDual
         vlm, vlm_processor = build_tiny_vlm("mlp", seed=args.seed)
         vision_tower, image_processor = vlm.vision_tower, vlm_processor.image_processor
     else:
-        vision_tower, image_processor = load_vision_tower(args.vision_model), load_image_processor(args.vision_model)
+        vision_tower = None if args.vision_from_scratch else load_vision_tower(args.vision_model)
+        image_processor = load_image_processor(args.vision_model)
     bert, tokenizer, _ = text_encoder(args)
     set_seed(args.seed)
+    if args.vision_from_scratch:  # LiT's "u": the tower's architecture with fresh weights (none are downloaded)
+        config = vision_tower.config if vision_tower is not None else load_vision_tower_config(args.vision_model)
+        vision_tower = AutoModel.from_config(config)
     model = build_dual_encoder(vision_tower, bert, args.contrastive_loss, args.image_text_hidden_size)
     return model, ContrastivePairProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
@@ -224,6 +228,7 @@ def prepare_model_for_training(
     elif args.stage == CONTRASTIVE:
         model = vlm.requires_grad_(True)
         vlm.text_model.requires_grad_(not args.lock_text)
+        vlm.vision_model.requires_grad_(not args.lock_image)
     else:
         lora = None
         if args.stage == "lora":

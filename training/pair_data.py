@@ -1,8 +1,9 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
-The data of a Q-Former stage-1 run (BLIP-2): image-text pairs from the same caption datasets, one reference per image
-and epoch ([`PairCollator`] tokenizes them with the BERT tokenizer), and the validation split as a retrieval set
-([`RetrievalEvalSet`]: every image against every reference).
+The data of a pair stage's run (BLIP-2's stage 1, or stage contrastive): image-text pairs from the same caption
+datasets, one reference per image and epoch ([`PairCollator`] tokenizes them with the BERT tokenizer; a locked text
+encoder's cached features ride along), and the validation split as a retrieval set ([`RetrievalEvalSet`]: every image
+against every reference).
 """
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from qformer_pretraining import QFormerForPretraining, QFormerPretrainingProcess
 from .arguments import VLMTrainingArguments
 from .data import CaptionExamples, RunData, length_grouped_sampler, load_splits_and_features, training_loader
 from .feature_cache import VisionFeatures
+from .text_feature_cache import load_or_compute_text_features
 
 
 SPECIAL_TOKENS_PER_TEXT = 2  # [CLS] ... [SEP]
@@ -42,6 +44,8 @@ class PairCollator:
         if not kept:
             return batch
         batch.update(self.tokenize([e["caption"] for e in kept]))
+        if "text_features" in kept[0]:  # a locked text encoder's, cached: they replace its pass over the tokens
+            batch["text_features"] = torch.stack([e["text_features"] for e in kept])
         if "vision_features" in kept[0]:
             batch["vision_features"] = torch.stack([e["vision_features"] for e in kept])
         else:
@@ -119,7 +123,16 @@ def prepare_pair_data(
         raise ValueError("retrieval_rerank_k re-ranks with the cached vision features: set cache_vision_features.")
     train_data, eval_data, features = load_splits_and_features(args, accelerator, model, processor)
     collator = PairCollator(processor, args.max_caption_tokens)
-    train_examples = CaptionExamples(train_data, seed=args.seed, vision_features=features["train"])
+    text_features = None
+    if args.lock_text and args.cache_vision_features:  # the one switch of both feature caches
+        with accelerator.local_main_process_first():
+            text_features = load_or_compute_text_features(
+                model, collator.tokenize, list(train_data["captions"]), accelerator, args.feature_cache_dir,
+                args.per_device_eval_batch_size,
+            )  # fmt: skip
+    train_examples = CaptionExamples(
+        train_data, seed=args.seed, vision_features=features["train"], text_features=text_features
+    )
     batch_size, num_workers = args.per_device_train_batch_size, args.dataloader_num_workers
     sampler = None
     if args.group_by_length:
@@ -131,4 +144,6 @@ def prepare_pair_data(
     )
     if not eval_set.references:
         raise ValueError(f"No image of the {args.eval_split!r} split of {args.dataset!r} could be read.")
+    if args.lock_text:  # a locked text encoder's features: cached, or (caching off) not
+        features = {**features, "train texts": text_features}
     return RunData(train_examples, train_loader, eval_set, features)

@@ -18,6 +18,7 @@ from .data import RunData
 from .feature_cache import VisionFeatures
 from .model_setup import TrainingSchedule
 from .telemetry import hardware_description
+from .text_feature_cache import TextFeatures
 
 
 RESULTS_NAME = "training_results.json"
@@ -67,8 +68,11 @@ class TrainingResults:
         return path
 
 
-def feature_cache_status(features: dict[str, VisionFeatures | None]) -> dict[str, str | None]:
-    """Per split, where its vision features came from: `"hit"` (the cache), `"computed"`, or `None` (not cached)."""
+def feature_cache_status(features: dict[str, VisionFeatures | TextFeatures | None]) -> dict[str, str | None]:
+    """
+    Per split (and for a locked text encoder's features, `"train texts"`), where its features came from: `"hit"` (the
+    cache), `"computed"`, or `None` (not cached).
+    """
     return {name: None if f is None else ("hit" if f.cache_hit else "computed") for name, f in features.items()}
 
 
