@@ -21,14 +21,11 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
-    Blip2QFormerConfig,
-    Blip2QFormerModel,
     GenerationConfig,
     GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
@@ -41,10 +38,28 @@ except ImportError:  # transformers < 5
 
 try:
     from .configuration_vlm import VLMConfig
+    from .cross_attention_vlm import (
+        IMAGE_CACHE_ATTRIBUTE,
+        VLMCrossAttentionContext,
+        VLMGatedCrossAttentionBlock,
+        build_cross_attention_blocks,
+        cross_attention_context,
+        find_decoder_layers,
+    )
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
+    from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
 except ImportError:  # imported as a local module rather than as remote code
     from configuration_vlm import VLMConfig
+    from cross_attention_vlm import (
+        IMAGE_CACHE_ATTRIBUTE,
+        VLMCrossAttentionContext,
+        VLMGatedCrossAttentionBlock,
+        build_cross_attention_blocks,
+        cross_attention_context,
+        find_decoder_layers,
+    )
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
+    from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
 
 
 # transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
@@ -59,21 +74,6 @@ def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache |
             "Got the key/value cache twice, as `cache` and as `past_key_values`; pass it once (either name works)."
         )
     return cache if cache is not None else past_key_values
-
-
-@dataclass
-class VLMProjectorOutput(ModelOutput):
-    r"""
-    image_embeds (`torch.FloatTensor` of shape `(num_images, num_image_tokens, text_hidden_size)`):
-        Image embeddings in the language model's input space.
-    cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
-        Q-Former / Perceiver attention of the queries or latents, one tensor per layer that attends to the patches,
-        of shape `(num_images, num_heads, num_image_tokens, num_keys)`; `num_keys` is `num_patches` for the Q-Former
-        and `num_patches + num_latents` (patches first) for the Perceiver. Returned with `output_attentions=True`.
-    """
-
-    image_embeds: torch.FloatTensor | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -107,324 +107,6 @@ class VLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class VLMLinearProjector(nn.Module):
-    """One Linear from the vision width to the language-model width; keeps every patch token."""
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
-
-    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
-        return VLMProjectorOutput(image_embeds=self.linear(vision_features))
-
-
-class VLMMLPProjector(nn.Module):
-    """LLaVA-1.5 projector: Linear(vision -> text), GELU, Linear(text -> text); keeps every patch token."""
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
-        self.act = ACT2FN[config.projector_hidden_act]
-        self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
-
-    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
-        return VLMProjectorOutput(image_embeds=self.linear_2(self.act(self.linear_1(vision_features))))
-
-
-class VLMQFormerProjector(nn.Module):
-    """
-    BLIP-2 Q-Former: `qformer_num_queries` learned queries of the Q-Former width (`qformer_hidden_size`, the vision
-    width by default) pass through `qformer_num_layers` post-norm BERT layers (self-attention, cross-attention to the
-    patch tokens every `qformer_cross_attention_frequency` layers, FFN), then a Linear maps them to the language-model
-    width.
-
-    The layers are transformers' `Blip2QFormerModel`, whose parameter names follow BERT's: BLIP-2's stage 1
-    (`qformer_pretraining`) initialises them from BERT and trains them on image-text pairs before this projector
-    loads them.
-    """
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        width = config.qformer_width
-        qformer_config = Blip2QFormerConfig(
-            hidden_size=width,
-            num_hidden_layers=config.qformer_num_layers,
-            num_attention_heads=config.qformer_num_heads,
-            intermediate_size=config.qformer_ffn_width,
-            hidden_act=config.projector_hidden_act,
-            hidden_dropout_prob=config.projector_dropout,
-            attention_probs_dropout_prob=config.projector_dropout,
-            cross_attention_frequency=config.qformer_cross_attention_frequency,
-            encoder_hidden_size=config.vision_config.hidden_size,
-            # Eager attention returns the cross-attention maps; with 32 queries SDPA would save next to nothing.
-            attn_implementation="eager",
-        )
-        self.query_tokens = nn.Parameter(torch.zeros(1, config.qformer_num_queries, width))
-        self.qformer = Blip2QFormerModel(qformer_config)
-        self.linear = nn.Linear(width, config.text_config.hidden_size)
-
-    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
-        query_embeds = self.query_tokens.expand(vision_features.shape[0], -1, -1)
-        outputs = self.qformer(
-            query_embeds=query_embeds,
-            encoder_hidden_states=vision_features,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        image_embeds = self.linear(outputs.last_hidden_state.to(self.linear.weight.dtype))
-        return VLMProjectorOutput(image_embeds=image_embeds, cross_attentions=outputs.cross_attentions)
-
-
-class VLMPerceiverAttention(nn.Module):
-    """Multi-head attention of the latents (queries) over `[patch tokens; latents]` (keys and values)."""
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        self.num_heads = config.perceiver_num_heads
-        self.head_dim = dim // self.num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
-
-    def forward(
-        self, latents: torch.Tensor, keys_values: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`latents`: `(batch, num_latents, dim)`; `keys_values`: `(batch, num_keys, dim)`."""
-        batch_size, num_latents, dim = latents.shape
-        query = self.q_proj(latents).view(batch_size, num_latents, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.k_proj(keys_values).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        value = self.v_proj(keys_values).view(batch_size, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        if output_attentions:
-            attn_weights = (query @ key.transpose(-1, -2) * self.head_dim**-0.5).softmax(dim=-1)
-            attn_output = attn_weights @ value
-        else:
-            attn_weights = None
-            attn_output = F.scaled_dot_product_attention(query, key, value)
-        attn_output = attn_output.transpose(1, 2).reshape(batch_size, num_latents, dim)
-        return self.o_proj(attn_output), attn_weights
-
-
-class VLMPerceiverLayer(nn.Module):
-    """Flamingo resampler layer: pre-norm attention of the latents over `[patches; latents]`, pre-norm FFN, residuals."""
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        self.vision_norm = nn.LayerNorm(dim)
-        self.latent_norm = nn.LayerNorm(dim)
-        self.attention = VLMPerceiverAttention(config)
-        self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, dim * config.projector_ffn_multiplier),
-            ACT2FN[config.projector_hidden_act],
-            nn.Linear(dim * config.projector_ffn_multiplier, dim),
-        )
-
-    def forward(
-        self, latents: torch.Tensor, vision_features: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        normed_latents = self.latent_norm(latents)
-        keys_values = torch.cat([self.vision_norm(vision_features), normed_latents], dim=1)
-        attn_output, attn_weights = self.attention(normed_latents, keys_values, output_attentions)
-        latents = latents + attn_output
-        latents = latents + self.ffn(self.ffn_norm(latents))
-        return latents, attn_weights
-
-
-class VLMPerceiverResampler(nn.Module):
-    """
-    Flamingo Perceiver Resampler: `perceiver_num_latents` learned latents of the vision width, `perceiver_num_layers`
-    [`VLMPerceiverLayer`]s, a final LayerNorm and a Linear to the language-model width.
-    """
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        dim = config.vision_config.hidden_size
-        self.latents = nn.Parameter(torch.zeros(1, config.perceiver_num_latents, dim))
-        self.layers = nn.ModuleList(VLMPerceiverLayer(config) for _ in range(config.perceiver_num_layers))
-        self.final_norm = nn.LayerNorm(dim)
-        self.linear = nn.Linear(dim, config.text_config.hidden_size)
-
-    def forward(self, vision_features: torch.Tensor, output_attentions: bool = False) -> VLMProjectorOutput:
-        latents = self.latents.expand(vision_features.shape[0], -1, -1)
-        cross_attentions = ()
-        for layer in self.layers:
-            latents, attn_weights = layer(latents, vision_features, output_attentions)
-            cross_attentions += (attn_weights,)
-        return VLMProjectorOutput(
-            image_embeds=self.linear(self.final_norm(latents)),
-            cross_attentions=cross_attentions if output_attentions else None,
-        )
-
-
-@dataclass
-class VLMImageCache:
-    r"""
-    What cross-attention fusion keeps of a batch's images for the decoding steps, attached to the language model's
-    cache at the prefill step so that the keys and values are computed once per sequence.
-
-    keys_values (`dict[int, tuple[torch.FloatTensor, torch.FloatTensor]]`):
-        Per decoder layer with a block before it, the block's `(key, value)`, each of shape
-        `(batch_size, num_heads, num_slots * num_visual_tokens, head_dim)`: the visual tokens of each row's images in
-        the order of their markers, padded to the row with the most images (`num_slots`).
-    key_slots (`torch.LongTensor` of shape `(num_slots * num_visual_tokens,)`):
-        The image slot of each key.
-    last_slots (`torch.LongTensor` of shape `(batch_size,)`):
-        Each row's last image slot, the one every new token attends to (`-1`: the row has no image).
-    """
-
-    keys_values: dict[int, tuple[torch.FloatTensor, torch.FloatTensor]]
-    key_slots: torch.LongTensor
-    last_slots: torch.LongTensor
-
-
-@dataclass
-class VLMCrossAttentionContext:
-    r"""
-    What the gated cross-attention blocks read during one forward pass of the language model.
-
-    images ([`VLMImageCache`]):
-        The batch's images; the blocks fill `images.keys_values` when `visual_states` is given.
-    visual_states (`torch.FloatTensor` of shape `(batch_size, num_slots * num_visual_tokens, text_hidden_size)`):
-        Projected image tokens per row, from which the blocks compute their keys and values; `None` at a decoding
-        step, whose keys and values come from `images.keys_values`.
-    attention_mask (`torch.BoolTensor` of shape `(batch_size, 1, sequence_length, num_slots * num_visual_tokens)`):
-        `True` where a text token may attend to a key: the tokens of the most recent image at or before it.
-    has_image (`torch.BoolTensor` of shape `(batch_size, sequence_length, 1)`):
-        Whether an image precedes the token; the blocks leave the other tokens exactly as they are.
-    attentions (`dict[int, torch.FloatTensor]`, *optional*):
-        Filled with each block's attention weights `(batch_size, num_heads, sequence_length, num_keys)` when asked.
-    """
-
-    images: VLMImageCache
-    visual_states: torch.FloatTensor | None
-    attention_mask: torch.BoolTensor
-    has_image: torch.BoolTensor
-    attentions: dict[int, torch.FloatTensor] | None = None
-
-
-class VLMCrossAttention(nn.Module):
-    """Multi-head attention of the text hidden states (queries) over projected image tokens (keys and values)."""
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        dim = config.text_config.hidden_size
-        self.num_heads = config.text_config.num_attention_heads
-        self.head_dim = dim // self.num_heads
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
-
-    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        return states.view(*states.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def project_keys_values(self, visual_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`visual_states` `(batch, num_keys, dim)` -> key and value `(batch, num_heads, num_keys, head_dim)`."""
-        return self._split_heads(self.k_proj(visual_states)), self._split_heads(self.v_proj(visual_states))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.BoolTensor,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`hidden_states` `(batch, seq, dim)`; `attention_mask` `(batch, 1, seq, num_keys)`, `True` = attend."""
-        query = self._split_heads(self.q_proj(hidden_states))
-        if output_attentions:
-            scores = query @ key.transpose(-1, -2) * self.head_dim**-0.5
-            attn_weights = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
-            attn_output = attn_weights @ value
-        else:
-            attn_weights = None
-            attn_output = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        attn_output = attn_output.transpose(1, 2).reshape(hidden_states.shape)
-        return self.o_proj(attn_output), attn_weights
-
-
-class VLMGatedCrossAttentionBlock(nn.Module):
-    """
-    Flamingo's GATED XATTN-DENSE block, inserted before a frozen decoder layer: pre-norm cross-attention to the image
-    tokens, then a pre-norm FFN, each added to the residual stream scaled by `tanh(gate)`. The gates start at 0, so
-    an untrained block leaves the language model exactly as it was. Tokens with no image before them are left
-    untouched (as Llama 3.2 Vision masks them).
-    """
-
-    def __init__(self, config: VLMConfig):
-        super().__init__()
-        dim = config.text_config.hidden_size
-        self.attention_norm = nn.LayerNorm(dim)
-        self.cross_attn = VLMCrossAttention(config)
-        self.attention_gate = nn.Parameter(torch.zeros(1))
-        self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, dim * config.projector_ffn_multiplier),
-            ACT2FN[config.projector_hidden_act],
-            nn.Linear(dim * config.projector_ffn_multiplier, dim),
-        )
-        self.ffn_gate = nn.Parameter(torch.zeros(1))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.BoolTensor,
-        has_image: torch.BoolTensor,
-        visual_states: torch.Tensor | None = None,
-        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        """
-        `hidden_states` `(batch, seq, dim)` of the language model; the keys and values from `visual_states`
-        `(batch, num_keys, dim)`, or precomputed in `key_value`. Returns the new hidden states, the `(key, value)` used
-        and, with `output_attentions`, the attention weights `(batch, num_heads, seq, num_keys)`.
-        """
-        dtype = self.attention_gate.dtype
-        hidden = hidden_states.to(dtype)
-        if visual_states is not None:
-            key_value = self.cross_attn.project_keys_values(visual_states.to(dtype))
-        attn_output, attn_weights = self.cross_attn(self.attention_norm(hidden), *key_value, attention_mask, output_attentions)
-        hidden = hidden + self.attention_gate.tanh() * attn_output
-        hidden = hidden + self.ffn_gate.tanh() * self.ffn(self.ffn_norm(hidden))
-        return torch.where(has_image, hidden.to(hidden_states.dtype), hidden_states), key_value, attn_weights
-
-
-def build_cross_attention_blocks(config: VLMConfig) -> nn.ModuleDict:
-    """A [`VLMGatedCrossAttentionBlock`] per decoder layer of `config.cross_attention_layer_indices`, keyed by layer."""
-    return nn.ModuleDict(
-        {str(layer): VLMGatedCrossAttentionBlock(config) for layer in config.cross_attention_layer_indices}
-    )
-
-
-# Where causal language models keep their decoder layers, relative to their base model.
-DECODER_LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks")
-
-# The attribute of the language model's cache that holds a batch's [`VLMImageCache`] with cross-attention fusion.
-IMAGE_CACHE_ATTRIBUTE = "vlm_image_cache"
-
-def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
-    """
-    The decoder layers of a causal language model (`layers` in Llama, Qwen2, Mistral, Gemma; `h` in GPT-2;
-    `decoder.layers` in OPT): the `nn.ModuleList` of `num_hidden_layers` modules under its base model.
-    """
-    base_model, num_layers = language_model.base_model, language_model.config.num_hidden_layers
-    for path in DECODER_LAYER_PATHS:
-        module = base_model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise ValueError(
-        f"fusion='cross_attention' inserts blocks before decoder layers, but the language model "
-        f"{type(language_model).__name__} has no nn.ModuleList of its {num_layers} layers at any of "
-        f"{', '.join(f'{type(base_model).__name__}.{path}' for path in DECODER_LAYER_PATHS)}; use fusion='early' "
-        "with this model, or a language model with one of those layouts."
-    )
-
-
 # The config fields that decide each module's parameters: named when a saved model's weights leave one unfilled.
 CONFIG_FIELDS_OF_MODULES = {
     "multi_modal_projector": "projector_type and its projector settings",
@@ -454,12 +136,6 @@ def vision_tower_features(
     return features[:, 1:] if drop_class_token else features
 
 
-PROJECTOR_CLASSES = {
-    "linear": VLMLinearProjector,
-    "mlp": VLMMLPProjector,
-    "qformer": VLMQFormerProjector,
-    "perceiver": VLMPerceiverResampler,
-}
 
 
 class VLMPreTrainedModel(PreTrainedModel):
@@ -756,8 +432,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         context = None
         if self.config.fusion == "cross_attention":
             image_embeds = image_outputs.image_embeds if image_outputs is not None else None
-            context = self.cross_attention_context(
-                input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions)
+            context = cross_attention_context(
+                self.config, input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions)
             )
         outputs = self._run_language_model(
             context,
@@ -815,73 +491,6 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if self.config.fusion == "cross_attention" and cache is not None and num_cached_tokens == 0:
             setattr(cache, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
         return outputs
-
-    def cross_attention_context(
-        self,
-        input_ids: torch.LongTensor | None,
-        input_shape: tuple[int, int],
-        image_embeds: torch.FloatTensor | None,
-        cache: Cache | None,
-        output_attentions: bool = False,
-    ) -> VLMCrossAttentionContext | None:
-        """
-        What the cross-attention blocks read for an input of `input_shape` `(batch, seq)`: the `image_embeds`
-        `(num_images, num_visual_tokens, dim)` of a first call, or the images cached at the prefill step of `cache`.
-        `None` when no image precedes any token.
-        """
-        is_decoding = cache is not None and cache.get_seq_length() > 0
-        if is_decoding and image_embeds is not None:
-            raise ValueError(
-                "With fusion='cross_attention', images are read at the first call of a sequence (the prefill step); "
-                "this call continues a cached sequence. Start a new sequence with all its images instead."
-            )
-        if is_decoding:
-            images, visual_states = getattr(cache, IMAGE_CACHE_ATTRIBUTE, None), None
-            if images is None:
-                return None
-            token_slots = images.last_slots[:, None].expand(input_shape)
-        elif image_embeds is None or len(image_embeds) == 0:
-            return None
-        else:
-            images, visual_states, token_slots = self._arrange_images(input_ids, image_embeds)
-        has_image = token_slots >= 0
-        attention_mask = token_slots[:, None, :, None] == images.key_slots
-        # A token with no image attends everywhere (a fully masked row would give NaN); the block then skips it.
-        attention_mask = attention_mask | ~has_image[:, None, :, None]
-        return VLMCrossAttentionContext(
-            images=images,
-            visual_states=visual_states,
-            attention_mask=attention_mask,
-            has_image=has_image.unsqueeze(-1),
-            attentions={} if output_attentions else None,
-        )
-
-    def _arrange_images(
-        self, input_ids: torch.LongTensor, image_embeds: torch.FloatTensor
-    ) -> tuple[VLMImageCache, torch.FloatTensor, torch.LongTensor]:
-        """
-        The images of each row in slots, in the order of their markers: a [`VLMImageCache`] without keys and values
-        yet, the visual states `(batch, num_slots * num_visual_tokens, dim)`, and each token's slot `(batch, seq)`
-        (the count of markers up to and including it, minus one).
-        """
-        markers = input_ids == self.config.image_token_id
-        counts = markers.sum(dim=1)
-        num_images, tokens_per_image = image_embeds.shape[:2]
-        if int(counts.sum()) != num_images:
-            raise ValueError(
-                f"The input has {int(counts.sum())} image marker tokens ({self.config.image_token!r}, id "
-                f"{self.config.image_token_id}) but {num_images} image(s) were given. With fusion='cross_attention' "
-                f"each image is one {self.config.image_token!r} in the text (VLMProcessor writes it so); pass exactly "
-                "one image per marker, in order."
-            )
-        slots = torch.arange(int(counts.max()), device=input_ids.device)
-        first_image = counts.cumsum(0) - counts
-        image_index = (first_image[:, None] + slots).clamp(max=num_images - 1)  # padded slots repeat a real image
-        visual_states = image_embeds[image_index].flatten(1, 2)
-        images = VLMImageCache(
-            keys_values={}, key_slots=slots.repeat_interleave(tokens_per_image), last_slots=counts - 1
-        )
-        return images, visual_states, markers.cumsum(dim=1) - 1
 
     def _is_checkpointing_activations(self) -> bool:
         """Whether the language model recomputes its layers in backward (the property's name differs in 4.x)."""

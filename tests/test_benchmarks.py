@@ -171,9 +171,15 @@ def test_trl_sft_trainer_peer_trains_on_the_same_loss_and_is_timed_step_for_step
     assert "| finetune training step (LLaVA-1.5 stage 2) |" in sft_peer.format_report(report)
 
 
-def test_the_contrastive_step_benchmark_times_both_losses():
+def test_the_contrastive_step_benchmark_times_both_losses_and_the_locked_sides():
     rows = contrastive_step.benchmark_contrastive(small=True, batch_size=4, timed_steps=1)
-    assert [row["loss"] for row in rows] == ["clip", "sigmoid"]
-    assert all(row["pairs_per_s"] == pytest.approx(4 / row["step_s"]) and row["parameters"] > 0 for row in rows)
-    assert rows[1]["parameters"] == rows[0]["parameters"] + 1  # SigLIP's learned bias
-    assert "| sigmoid | 4 |" in contrastive_step.format_rows(rows)
+    assert [(row["loss"], row["sides"]) for row in rows] == [
+        ("clip", "both trained"), ("sigmoid", "both trained"), ("sigmoid", "lock_image"), ("sigmoid", "lock_text")
+    ]  # fmt: skip
+    assert all(row["pairs_per_s"] == pytest.approx(4 / row["step_s"]) and row["trainable"] > 0 for row in rows)
+    both = rows[1]["trainable"]
+    assert both == rows[0]["trainable"] + 1  # SigLIP's learned bias
+    model = contrastive_step.dual_encoder(small=True, loss="sigmoid")
+    tower, text = (sum(p.numel() for p in part.parameters()) for part in (model.vision_model, model.text_model))
+    assert rows[2]["trainable"] == both - tower and rows[3]["trainable"] == both - text  # the locked side's frozen
+    assert "| sigmoid | lock_image | 4 |" in contrastive_step.format_rows(rows)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from configuration_vlm import VLMConfig
+from cross_attention_vlm import IMAGE_CACHE_ATTRIBUTE, cross_attention_context
 from evaluation.captioning import caption_messages
-from modeling_vlm import CACHE_NAME, IMAGE_CACHE_ATTRIBUTE, VLMForConditionalGeneration
+from modeling_vlm import CACHE_NAME, VLMForConditionalGeneration
 from models.tiny import TINY_VISION_CONFIG, build_tiny_vlm
 
 
@@ -100,7 +101,7 @@ def test_media_mask_element_by_element(images):
     assert len(markers) == 2
     with torch.no_grad():
         image_embeds = model.get_image_features(batch["pixel_values"]).image_embeds
-    context = model.cross_attention_context(input_ids, input_ids.shape, image_embeds, cache=None)
+    context = cross_attention_context(model.config, input_ids, input_ids.shape, image_embeds, cache=None)
     tokens = model.config.num_visual_tokens
     assert context.visual_states.shape == (1, 2 * tokens, model.config.text_config.hidden_size)
     assert torch.equal(context.visual_states[0], image_embeds.flatten(0, 1))

@@ -15,7 +15,7 @@ import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REMOTE_CODE = ("configuration_vlm", "modeling_vlm", "processing_vlm")
+REMOTE_CODE = ("configuration_vlm", "projectors_vlm", "cross_attention_vlm", "modeling_vlm", "processing_vlm")
 COMMAND_LINES = ("eval", "train_accelerate")
 # Each package may import the Hub-side files and the packages before it, never the ones after it.
 PACKAGE_ORDER = (
