@@ -8,7 +8,9 @@ from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
-FUSION_TYPES = ("early", "cross_attention")
+FUSION_TYPES = ("early", "cross_attention", "hybrid")
+# The fusions with gated cross-attention blocks in the language model.
+DEEP_FUSIONS = ("cross_attention", "hybrid")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 # Vision towers whose token sequence starts with a class token (CLIP's); SigLIP's has none.
 TOWERS_WITH_CLASS_TOKEN = ("clip_vision_model",)
@@ -115,6 +117,12 @@ class VLMConfig(PretrainedConfig):
             Which of the vision layer's tokens feed the projector, as LLaVA names it: `"default"` drops the class
             token of a tower that has one (CLIP's; LLaVA-1.5 with `vision_feature_layer=-2`), `"full"` keeps it.
             Towers without a class token (SigLIP) give all their patch tokens either way.
+        max_tiles (`int`, *optional*, defaults to 1):
+            Dynamic resolution (InternVL, NVLM): the processor cuts each image into up to this many tiles of the
+            tower's input size on the grid closest to its aspect ratio, plus a whole-image thumbnail when there is more
+            than one; every tile goes through the tower and the projector. With early fusion each tile's tokens
+            follow its tag in the text (`<tile_1>`, ..., `<tile_global_thumbnail>`); with cross-attention fusion the
+            text after an image's marker attends to all its tiles' tokens. 1 keeps the whole image, resized.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             Placeholder token that the processor repeats `num_image_tokens` times per image (once with cross-attention
             fusion, where it marks the image that the text after it attends to).
@@ -122,14 +130,16 @@ class VLMConfig(PretrainedConfig):
             Id of `image_token` in the tokenizer.
         fusion (`str`, *optional*, defaults to `"early"`):
             How the language model reads the projected image tokens. `"early"` (LLaVA): they replace
-            `num_image_tokens` placeholders in the input sequence. `"cross_attention"` (Flamingo, Llama 3.2 Vision):
+            `num_image_tokens` placeholders in the input sequence. `"hybrid"` (NVLM-H): the whole image (the
+            thumbnail, with `max_tiles > 1`) goes into the sequence as with early fusion, and the text after it reads
+            the image's high-resolution tiles through gated cross-attention blocks. `"cross_attention"` (Flamingo, Llama 3.2 Vision):
             each image is one marker token in the sequence, and gated cross-attention blocks inserted before some
             decoder layers let every text token attend to the image tokens of the most recent image before it.
         cross_attention_every (`int`, *optional*, defaults to 4):
-            With `fusion="cross_attention"`, a block before every this many decoder layers: before layers
+            With `fusion="cross_attention"` or `"hybrid"`, a block before every this many decoder layers: before layers
             `every - 1, 2 * every - 1, ...` (OpenFlamingo's placement). Ignored when `cross_attention_layers` is set.
         cross_attention_layers (`list[int]`, *optional*):
-            With `fusion="cross_attention"`, the 0-based decoder layers that get a block before them, instead of
+            With `fusion="cross_attention"` or `"hybrid"`, the 0-based decoder layers that get a block before them, instead of
             `cross_attention_every` (transformers' Mllama calls its list the same).
         loss_chunk_size (`int`, *optional*):
             Training loss only: the LM head and cross-entropy run over this many labelled positions at a time
@@ -159,6 +169,7 @@ class VLMConfig(PretrainedConfig):
         projector_ffn_multiplier: int = 4,
         vision_feature_layer: int = -1,
         vision_feature_select_strategy: str = "default",
+        max_tiles: int = 1,
         image_token: str = "<image>",
         image_token_id: int = DEFAULT_IMAGE_TOKEN_ID,
         fusion: str = "early",
@@ -184,6 +195,7 @@ class VLMConfig(PretrainedConfig):
         self.projector_ffn_multiplier = projector_ffn_multiplier
         self.vision_feature_layer = vision_feature_layer
         self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.max_tiles = max_tiles
         self.image_token = image_token
         self.image_token_id = image_token_id
         self.fusion = fusion
@@ -252,13 +264,16 @@ class VLMConfig(PretrainedConfig):
             )
 
     def validate_vision_features(self) -> None:
-        """Raises `ValueError` naming the field when `vision_feature_select_strategy` is not one of its values."""
+        """Raises `ValueError` naming the field when `vision_feature_select_strategy` or `max_tiles` is invalid."""
         strategy = self.vision_feature_select_strategy
         if strategy not in VISION_FEATURE_SELECT_STRATEGIES:
             raise ValueError(
                 f"vision_feature_select_strategy={strategy!r} is invalid; choose 'default' (drop a class token) or "
                 "'full' (keep it)."
             )
+        tiles = self.max_tiles
+        if isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 1:
+            raise ValueError(f"max_tiles={tiles!r} is invalid; it must be a positive integer (1: no tiles).")
 
     def validate_fusion(self) -> None:
         """Raises `ValueError` naming the field when the fusion settings are invalid or place no cross-attention."""
@@ -268,10 +283,10 @@ class VLMConfig(PretrainedConfig):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"cross_attention_every={every!r} is invalid; it must be a positive integer.")
         layers, num_layers = self.cross_attention_layers, self.text_config.num_hidden_layers
-        if layers is not None and self.fusion != "cross_attention":
+        if layers is not None and self.fusion not in DEEP_FUSIONS:
             raise ValueError(
                 f"cross_attention_layers={layers!r} is set but fusion={self.fusion!r}; set fusion='cross_attention' "
-                "or leave cross_attention_layers out."
+                "(or 'hybrid') or leave cross_attention_layers out."
             )
         if layers is not None and (
             not layers
@@ -282,15 +297,15 @@ class VLMConfig(PretrainedConfig):
                 f"cross_attention_layers={layers!r} is invalid; it must be a non-empty list of distinct decoder layer "
                 f"indices in [0, {num_layers - 1}] (the language model has {num_layers} layers)."
             )
-        if self.fusion == "cross_attention" and not self.cross_attention_layer_indices:
+        if self.fusion in DEEP_FUSIONS and not self.cross_attention_layer_indices:
             raise ValueError(
                 f"cross_attention_every={every} places no cross-attention block in a language model of {num_layers} "
                 f"layers; use a value of at most {num_layers}, or list the layers in cross_attention_layers."
             )
         text_dim, num_heads = self.text_config.hidden_size, self.text_config.num_attention_heads
-        if self.fusion == "cross_attention" and text_dim % num_heads:
+        if self.fusion in DEEP_FUSIONS and text_dim % num_heads:
             raise ValueError(
-                f"fusion='cross_attention' splits the language model's hidden size ({text_dim}) over its "
+                f"fusion={self.fusion!r} splits the language model's hidden size ({text_dim}) over its "
                 f"num_attention_heads ({num_heads}), which must divide it."
             )
 
@@ -361,7 +376,7 @@ class VLMConfig(PretrainedConfig):
     @property
     def cross_attention_layer_indices(self) -> list[int]:
         """The decoder layers with a gated cross-attention block before them (none with early fusion)."""
-        if self.fusion != "cross_attention":
+        if self.fusion not in DEEP_FUSIONS:
             return []
         if self.cross_attention_layers is not None:
             return sorted(self.cross_attention_layers)

@@ -36,11 +36,14 @@ class VLMImageCache:
         The image slot of each key.
     last_slots (`torch.LongTensor` of shape `(batch_size,)`):
         Each row's last image slot, the one every new token attends to (`-1`: the row has no image).
+    key_valid (`torch.BoolTensor` of shape `(batch_size, num_slots * num_visual_tokens)`, *optional*):
+        With tiled images, which keys hold a tile (an image's tokens are its tiles', padded to the batch's most).
     """
 
     keys_values: dict[int, tuple[torch.FloatTensor, torch.FloatTensor]]
     key_slots: torch.LongTensor
     last_slots: torch.LongTensor
+    key_valid: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -182,7 +185,7 @@ def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return module
     raise ValueError(
-        f"fusion='cross_attention' inserts blocks before decoder layers, but the language model "
+        f"fusion='cross_attention' (and 'hybrid') inserts blocks before decoder layers, but the language model "
         f"{type(language_model).__name__} has no nn.ModuleList of its {num_layers} layers at any of "
         f"{', '.join(f'{type(base_model).__name__}.{path}' for path in DECODER_LAYER_PATHS)}; use fusion='early' "
         "with this model, or a language model with one of those layouts."
@@ -196,11 +199,13 @@ def cross_attention_context(
     image_embeds: torch.FloatTensor | None,
     cache: Cache | None,
     output_attentions: bool = False,
+    num_tiles: torch.LongTensor | None = None,
 ) -> VLMCrossAttentionContext | None:
     """
     What the cross-attention blocks read for an input of `input_shape` `(batch, seq)`: the `image_embeds`
-    `(num_images, num_visual_tokens, dim)` of a first call, or the images cached at the prefill step of `cache`.
-    `None` when no image precedes any token.
+    `(num_images, num_visual_tokens, dim)` of a first call (or of every tile, `(total_tiles, num_visual_tokens, dim)`,
+    with `num_tiles` per image), or the images cached at the prefill step of `cache`. `None` when no image precedes any
+    token.
     """
     is_decoding = cache is not None and cache.get_seq_length() > 0
     if is_decoding and image_embeds is not None:
@@ -216,9 +221,11 @@ def cross_attention_context(
     elif image_embeds is None or len(image_embeds) == 0:
         return None
     else:
-        images, visual_states, token_slots = arrange_images(config, input_ids, image_embeds)
+        images, visual_states, token_slots = arrange_images(config, input_ids, image_embeds, num_tiles)
     has_image = token_slots >= 0
     attention_mask = token_slots[:, None, :, None] == images.key_slots
+    if images.key_valid is not None:
+        attention_mask = attention_mask & images.key_valid[:, None, None, :]
     # A token with no image attends everywhere (a fully masked row would give NaN); the block then skips it.
     attention_mask = attention_mask | ~has_image[:, None, :, None]
     return VLMCrossAttentionContext(
@@ -230,15 +237,24 @@ def cross_attention_context(
     )
 
 def arrange_images(
-    config: VLMConfig, input_ids: torch.LongTensor, image_embeds: torch.FloatTensor
+    config: VLMConfig,
+    input_ids: torch.LongTensor,
+    image_embeds: torch.FloatTensor,
+    num_tiles: torch.LongTensor | None = None,
 ) -> tuple[VLMImageCache, torch.FloatTensor, torch.LongTensor]:
     """
     The images of each row in slots, in the order of their markers: a [`VLMImageCache`] without keys and values
     yet, the visual states `(batch, num_slots * num_visual_tokens, dim)`, and each token's slot `(batch, seq)`
-    (the count of markers up to and including it, minus one).
+    (the count of markers up to and including it, minus one). With `num_tiles`, an image's visual tokens are all its
+    tiles' ([`group_tiles`]).
     """
     markers = input_ids == config.image_token_id
+    if config.fusion == "hybrid":  # an image's run of placeholders: its first one marks it
+        markers = markers & ((markers.cumsum(dim=1) - 1) % config.num_image_tokens == 0)
     counts = markers.sum(dim=1)
+    key_valid = None
+    if num_tiles is not None:
+        image_embeds, key_valid = group_tiles(image_embeds, num_tiles)
     num_images, tokens_per_image = image_embeds.shape[:2]
     if int(counts.sum()) != num_images:
         raise ValueError(
@@ -252,6 +268,27 @@ def arrange_images(
     image_index = (first_image[:, None] + slots).clamp(max=num_images - 1)  # padded slots repeat a real image
     visual_states = image_embeds[image_index].flatten(1, 2)
     images = VLMImageCache(
-        keys_values={}, key_slots=slots.repeat_interleave(tokens_per_image), last_slots=counts - 1
+        keys_values={},
+        key_slots=slots.repeat_interleave(tokens_per_image),
+        last_slots=counts - 1,
+        key_valid=key_valid[image_index].flatten(1, 2) if key_valid is not None else None,
     )
     return images, visual_states, markers.cumsum(dim=1) - 1
+
+
+def group_tiles(
+    tile_embeds: torch.FloatTensor, num_tiles: torch.LongTensor
+) -> tuple[torch.FloatTensor, torch.BoolTensor]:
+    """
+    The projected tiles `(total_tiles, num_visual_tokens, dim)`, image after image, as each image's tokens `(num_images,
+    max_count * num_visual_tokens, dim)` (its tiles in order, zero-padded to the image with the most), and which of
+    them hold a tile `(num_images, max_count * num_visual_tokens)`.
+    """
+    tokens_per_tile = tile_embeds.shape[1]
+    num_tiles = num_tiles.to(tile_embeds.device)
+    present = torch.arange(int(num_tiles.max()), device=tile_embeds.device) < num_tiles[:, None]
+    grouped = tile_embeds.new_zeros(*present.shape, *tile_embeds.shape[1:])
+    grouped[present] = tile_embeds
+    valid = present.repeat_interleave(tokens_per_tile, dim=1)
+    return grouped.flatten(1, 2), valid
+

@@ -3,8 +3,9 @@
 
 An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, vision_dim)` -> `multi_modal_projector`
 image embeddings `(num_images, num_visual_tokens, text_dim)` -> written over the image placeholder embeddings of the
-prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`)
--> `language_model` -> logits of the next tokens.
+prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`),
+or both (`"hybrid"`: the whole image in the prompt, its tiles through the blocks) -> `language_model` -> logits of
+the next tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
 """
 
 import functools
@@ -37,7 +38,7 @@ except ImportError:  # transformers < 5
     from torch.nn import init
 
 try:
-    from .configuration_vlm import VLMConfig
+    from .configuration_vlm import DEEP_FUSIONS, VLMConfig
     from .cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -48,8 +49,9 @@ try:
     )
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
+    from .tiling_vlm import flatten_tiles, split_thumbnails
 except ImportError:  # imported as a local module rather than as remote code
-    from configuration_vlm import VLMConfig
+    from configuration_vlm import DEEP_FUSIONS, VLMConfig
     from cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -60,6 +62,7 @@ except ImportError:  # imported as a local module rather than as remote code
     )
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
+    from tiling_vlm import flatten_tiles, split_thumbnails
 
 
 # transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
@@ -243,7 +246,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     per image. With `"cross_attention"`, each image is one marker token, and the text after it attends to the
     image's projected tokens through [`VLMGatedCrossAttentionBlock`]s (`cross_attention_blocks`, keyed by decoder
     layer) that forward pre-hooks run before the chosen decoder layers: the language model's code, weights and
-    state-dict keys are untouched.
+    state-dict keys are untouched. With `"hybrid"` (NVLM-H), the whole image (its thumbnail, with tiles) fills its
+    placeholders as with early fusion, and the text from the image on reads its high-resolution tiles through the
+    blocks.
     """
 
     def __init__(self, config: VLMConfig):
@@ -385,13 +390,15 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
         return_dict: bool | None = None,
         past_key_values: Cache | None = None,
+        num_tiles: torch.LongTensor | None = None,
         **kwargs,
     ) -> VLMCausalLMOutputWithPast:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
             Token ids, with `num_image_tokens` image placeholders per image (as built by [`VLMProcessor`]).
         pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, image_size, image_size)`, *optional*):
-            The images, in the order of their placeholders in the batch.
+            The images, in the order of their placeholders in the batch; with `config.max_tiles > 1`, of shape
+            `(num_images, max_count, num_channels, image_size, image_size)`: each image's tiles and thumbnail.
         cache (`Cache`, *optional*):
             Key/value cache of the language model; `past_key_values` is the same argument under its name before
             transformers 5.25 (either name works with every release).
@@ -404,6 +411,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             positions without `labels` and to none with `labels`.
         num_items_in_batch (`int`, *optional*):
             Labelled tokens of the whole (accumulated) batch; the loss is then the sum over this batch divided by it.
+        num_tiles (`torch.LongTensor` of shape `(num_images,)`, *optional*):
+            With tiled `pixel_values`, how many of each image's entries are tiles (the thumbnail included); the rest
+            is padding. [`VLMProcessor`] returns it.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -420,9 +430,14 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if pixel_values is not None or vision_features is not None:
             if input_ids is None:
                 raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
+            if pixel_values is not None:
+                pixel_values = flatten_tiles(pixel_values, num_tiles, self.config.max_tiles)
             image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
             if self.config.fusion == "early":
                 inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
+            elif self.config.fusion == "hybrid":  # the whole images into the sequence; their tiles read by the blocks
+                whole_images, _, _ = split_thumbnails(image_outputs.image_embeds, num_tiles)
+                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, whole_images)
         elif input_ids is not None and (input_ids == self.config.image_token_id).any():
             raise ValueError(
                 f"The input has image placeholder tokens ({self.config.image_token!r}) but no `pixel_values` or "
@@ -430,10 +445,12 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             )
 
         context = None
-        if self.config.fusion == "cross_attention":
+        if self.config.fusion in DEEP_FUSIONS:
             image_embeds = image_outputs.image_embeds if image_outputs is not None else None
+            if self.config.fusion == "hybrid" and image_embeds is not None:
+                _, image_embeds, num_tiles = split_thumbnails(image_embeds, num_tiles)
             context = cross_attention_context(
-                self.config, input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions)
+                self.config, input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions), num_tiles
             )
         outputs = self._run_language_model(
             context,
@@ -488,7 +505,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             if context is not None and not (self.training and self._is_checkpointing_activations()):
                 self._cross_attention_context = None
         cache = getattr(outputs, CACHE_NAME)
-        if self.config.fusion == "cross_attention" and cache is not None and num_cached_tokens == 0:
+        if self.config.fusion in DEEP_FUSIONS and cache is not None and num_cached_tokens == 0:
             setattr(cache, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
         return outputs
 
@@ -548,6 +565,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         vision_features: torch.FloatTensor | None = None,
         is_first_iteration: bool | None = None,
         past_key_values: Cache | None = None,
+        num_tiles: torch.LongTensor | None = None,
         **kwargs,
     ) -> dict:
         """
@@ -567,6 +585,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if starts_sequence:
             model_inputs["pixel_values"] = pixel_values
             model_inputs["vision_features"] = vision_features
+            model_inputs["num_tiles"] = num_tiles
         return model_inputs
 
     def _validate_generated_length(
@@ -650,6 +669,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             num_image_tokens=config.num_image_tokens,
             image_token=image_token,
             chat_template=make_chat_template(image_token),
+            max_tiles=config.max_tiles,
+            fusion=config.fusion,
         )
         return model, processor
 

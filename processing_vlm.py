@@ -11,6 +11,12 @@ from transformers.image_transforms import to_pil_image
 from transformers.image_utils import PIL, is_pil_image, load_image  # Pillow as transformers' vision extra imports it
 
 
+try:
+    from .tiling_vlm import cut_into_tiles, tile_tags
+except ImportError:  # imported as a local module rather than as remote code
+    from tiling_vlm import cut_into_tiles, tile_tags
+
+
 IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
 IGNORE_INDEX = -100
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
@@ -187,13 +193,20 @@ class VLMProcessor(ProcessorMixin):
             Placeholders per image; must equal the model's `config.num_image_tokens`.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             The image placeholder token.
+        max_tiles (`int`, *optional*, defaults to 1):
+            Dynamic resolution: each image is cut into up to this many tiles of the tower's input size, plus a
+            thumbnail when there is more than one (`tiling_vlm`); must equal the model's `config.max_tiles`. 1 keeps
+            the whole image, resized.
+        fusion (`str`, *optional*, defaults to `"early"`):
+            The model's `config.fusion`. With tiles and early fusion, each tile gets its tag and its placeholders in
+            the text; with cross-attention fusion an image stays one marker, whose tokens are all its tiles'.
     """
 
     attributes = ["image_processor", "tokenizer"]
     if IS_TRANSFORMERS_4:  # 5.x finds the sub-processors from the __init__ arguments
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
-    valid_kwargs = ["chat_template", "num_image_tokens", "image_token"]
+    valid_kwargs = ["chat_template", "num_image_tokens", "image_token", "max_tiles", "fusion"]
 
     def __init__(
         self,
@@ -202,10 +215,16 @@ class VLMProcessor(ProcessorMixin):
         chat_template: str | None = None,
         num_image_tokens: int = 196,
         image_token: str = "<image>",
+        max_tiles: int = 1,
+        fusion: str = "early",
         **kwargs,
     ):
+        if isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1:
+            raise ValueError(f"max_tiles={max_tiles!r} is invalid; it must be a positive integer (1: no tiles).")
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
+        self.max_tiles = max_tiles
+        self.fusion = fusion
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         if image_token not in tokenizer.get_vocab():
             raise ValueError(
@@ -230,7 +249,9 @@ class VLMProcessor(ProcessorMixin):
         Tokenises `text` (one string or a batch) with every `image_token` expanded to `num_image_tokens` placeholders,
         and preprocesses `images`: one image, a flat list in the order of the image tokens in the batch, or one list
         per text. Returns `input_ids`, `attention_mask` and, with images, `pixel_values` of shape
-        `(num_images, 3, height, width)`. Batches of mixed lengths are padded (on the tokenizer's `padding_side`).
+        `(num_images, 3, height, width)`, or with `max_tiles > 1` of shape `(num_images, max_count, 3, height,
+        width)` and `num_tiles` (see [`tile_images`]). Batches of mixed lengths are padded (on the tokenizer's
+        `padding_side`).
 
         Image arrays may hold their channels first or last: `input_data_format` (`"channels_first"` or
         `"channels_last"`) says which where their shape does not (see [`channels_are_last`]).
@@ -255,15 +276,67 @@ class VLMProcessor(ProcessorMixin):
                 f"given; put one {self.image_token!r} in the text (or one {{'type': 'image'}} part in the chat message) "
                 "for each image."
             )
-        expanded = [self.expand_image_tokens(sample) for sample in texts]
-        data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
-        if flat_images:
-            rgb_images = [to_rgb_image(image, input_data_format) for image in flat_images]
+        rgb_images = [to_rgb_image(image, input_data_format) for image in flat_images]
+        image_data = {}
+        if rgb_images and self.max_tiles > 1:
+            image_data = self.tile_images(rgb_images)
+        elif rgb_images:
             # RGB images: channels last, which the image processor would not infer of one 1 or 3 pixels tall.
-            data["pixel_values"] = self.image_processor(
+            image_data["pixel_values"] = self.image_processor(
                 rgb_images, return_tensors=return_tensors, input_data_format="channels_last"
             )["pixel_values"]
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        num_tiles = image_data["num_tiles"].tolist() if "num_tiles" in image_data else None
+        expanded = self.expand_texts(texts, num_tiles)
+        data = dict(self.tokenizer(expanded, padding=padding, return_tensors=return_tensors, **kwargs))
+        return BatchFeature(data={**data, **image_data}, tensor_type=return_tensors)
+
+    def tile_images(self, images: list) -> dict[str, torch.Tensor]:
+        """
+        RGB PIL `images` cut into tiles (`tiling_vlm.cut_into_tiles`): `pixel_values` `(num_images, max_count, 3,
+        size, size)`, each image's tiles then its thumbnail, zero-padded to the image with the most, and `num_tiles`
+        `(num_images,)`, how many of them each image has.
+        """
+        tile_size = self.image_processor.size["height"]  # the tower's square input
+        tiles = [cut_into_tiles(image, tile_size, self.max_tiles, int(self.image_processor.resample)) for image in images]
+        pixel_values = [
+            torch.as_tensor(self.image_processor(per_image, return_tensors="pt", input_data_format="channels_last")[
+                "pixel_values"
+            ])
+            for per_image in tiles
+        ]
+        num_tiles = torch.tensor([len(per_image) for per_image in pixel_values])
+        padded = pixel_values[0].new_zeros(len(images), int(num_tiles.max()), *pixel_values[0].shape[1:])
+        for index, per_image in enumerate(pixel_values):
+            padded[index, : len(per_image)] = per_image
+        return {"pixel_values": padded, "num_tiles": num_tiles}
+
+    def expand_texts(self, texts: list[str], num_tiles: list[int] | None = None) -> list[str]:
+        """
+        `texts` with every `image_token` expanded ([`expand_image_tokens`]); `num_tiles`, the tiles of each image in
+        the order of the image tokens in the batch, gives each image's text ([`tiled_image_text`]).
+        """
+        if num_tiles is None:
+            return [self.expand_image_tokens(sample) for sample in texts]
+        counts = iter(num_tiles)
+        return ["".join(self._split_at_images(sample, counts)) for sample in texts]
+
+    def _split_at_images(self, text: str, counts) -> list[str]:
+        """The pieces of `text`, each image token replaced by its next tile count's tags and placeholders."""
+        pieces = text.split(self.image_token)
+        expanded = [pieces[0]]
+        for piece in pieces[1:]:
+            expanded += [self.tiled_image_text(next(counts)), piece]
+        return expanded
+
+    def tiled_image_text(self, num_tiles: int) -> str:
+        """
+        The text of an image of `num_tiles` tiles: with early fusion each tile's tag, then its placeholders; otherwise
+        the image's own placeholders (hybrid fusion: the thumbnail's; cross-attention: its one marker).
+        """
+        placeholders = self.image_token * self.num_image_tokens
+        if self.fusion != "early":
+            return placeholders
+        return "".join(tag + placeholders for tag in tile_tags(num_tiles))
 
     def expand_image_tokens(self, text: str) -> str:
         """`text` with every `image_token` repeated `num_image_tokens` times, the placeholders the model fills."""
@@ -324,7 +397,8 @@ class VLMProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(dict.fromkeys(self.tokenizer.model_input_names + ["pixel_values"]))
+        tiles = ["num_tiles"] if self.max_tiles > 1 else []
+        return list(dict.fromkeys(self.tokenizer.model_input_names + ["pixel_values", *tiles]))
 
 
 __all__ = ["VLMProcessor"]

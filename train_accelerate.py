@@ -19,7 +19,9 @@ first run as baseline. Its value is a comma-separated list of items, each one of
   fusion, or `qformer_stage1` for BLIP-2's Q-Former stage 1 (into `<output_dir>/qformer_stage1/stage1`, same data,
   seed, batch size, learning rate and epochs) then the `qformer` run starting from it, or `<projector>_contrastive`
   (e.g. `mlp_contrastive`) for the vision tower first trained contrastively (seed 001's first stage, into
-  `<output_dir>/<name>/stage1`) then the `<projector>` run on it, in `<output_dir>/<name>`;
+  `<output_dir>/<name>/stage1`) then the `<projector>` run on it, or `<projector>_tiles` / `<projector>_hybrid`
+  (e.g. `mlp_hybrid`) for it with up to 4 tiles and a thumbnail per image, every tile in the sequence or (NVLM's
+  hybrid) the thumbnail in the sequence and the tiles through gated cross-attention, in `<output_dir>/<name>`;
   `all` is the four projectors, `perceiver_xattn` and `qformer_stage1`;
 - a YAML file: that run;
 - a family prefix such as `configs/coco`: the files `configs/coco_<name>.yaml` that exist.
@@ -48,6 +50,7 @@ from training import (
     MODEL_SOURCE_FIELDS,
     RUN_NAMES,
     STAGE1_RUN,
+    TILED_RUNS,
     TrainingInterrupted,
     TrainingResults,
     VLMTrainingArguments,
@@ -107,7 +110,7 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
     output_dir_flag = any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv)
     for item in spec.split(","):
         item = item.strip()
-        if item == "all" or item in (*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS):
+        if item == "all" or item in (*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS):
             base = parse_args(argv, config)
             for name in COMPARE_ALL if item == "all" else (item,):
                 runs += named_runs(base, name)

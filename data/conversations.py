@@ -269,27 +269,54 @@ def answer_marking_template(processor: VLMProcessor) -> str:
     )
 
 
+def with_tiled_images(
+    messages: list[dict[str, Any]], processor: VLMProcessor, num_tiles: Sequence[int]
+) -> list[dict[str, Any]]:
+    """
+    `messages` with each image part, in order, replaced by the text the processor writes for an image of its
+    `num_tiles` tiles (tags and placeholders): the chat then renders to the very text `processor(images, text)`
+    tokenizes.
+    """
+    counts = iter(num_tiles)
+
+    def part(content_part: dict[str, Any]) -> dict[str, Any]:
+        if content_part["type"] != "image":
+            return content_part
+        return text_part(processor.tiled_image_text(next(counts)))
+
+    def content(message: dict[str, Any]) -> str | list[dict[str, Any]]:
+        parts = message["content"]
+        return parts if isinstance(parts, str) else [part(content_part) for content_part in parts]
+
+    return [{**message, "content": content(message)} for message in messages]
+
+
 def encode_conversation(
     processor: VLMProcessor,
     messages: list[dict[str, Any]],
     template: str,
     sample_id: str,
     max_length: int | None = None,
+    num_tiles: Sequence[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """
     `(input_ids, labels)` of a checked conversation: its chat (`template`, see [`answer_marking_template`]) tokenized,
-    each image token expanded to the processor's `num_image_tokens` placeholders, and labels equal to the ids on the
+    each image token expanded to the processor's `num_image_tokens` placeholders (with tiled images, `num_tiles` per
+    image in order, to its tiles' tags and placeholders: [`with_tiled_images`]), and labels equal to the ids on the
     tokens the template marks as answers (each answer and its end-of-turn token), `-100` elsewhere.
 
     Raises [`ConversationDataError`] naming `sample_id` when no token is marked, or when the sequence is longer than
     `max_length` (its last answer would be cut away).
     """
+    if num_tiles is not None:
+        messages = with_tiled_images(messages, processor, num_tiles)
     encoding = processor.tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
     input_ids, labels = [], []
+    per_image = processor.num_image_tokens if num_tiles is None else 1  # tiled: the placeholders are in the text
     for token, marked in zip(encoding["input_ids"], encoding["assistant_masks"]):
-        copies = processor.num_image_tokens if token == processor.image_token_id else 1
+        copies = per_image if token == processor.image_token_id else 1
         input_ids += [token] * copies
         labels += [token if marked and copies == 1 else IGNORE_INDEX] * copies
     if all(label == IGNORE_INDEX for label in labels):

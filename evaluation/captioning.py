@@ -70,6 +70,8 @@ def generate_replies(
     With `image_keys` (one per text, e.g. image ids), texts about the same image in a batch share its vision features
     and, with early fusion and `share_prefill`, the prefill of the chat up to its image (`evaluation.shared_images`).
     """
+    if getattr(model.config, "max_tiles", 1) > 1:
+        image_keys = None  # tiled images: each row's own tiles (the sharing reads one untiled image's features)
     replies = []
     for start in tqdm(range(0, len(texts), batch_size), desc=description, disable=not progress):
         chunk_texts = list(texts[start : start + batch_size])

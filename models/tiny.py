@@ -167,7 +167,9 @@ def build_siglip_image_processor(image_size: int) -> SiglipImageProcessorPil:
     return SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
 
 
-def build_tiny_processor(num_image_tokens: int, image_token: str = IMAGE_TOKEN) -> VLMProcessor:
+def build_tiny_processor(
+    num_image_tokens: int, image_token: str = IMAGE_TOKEN, max_tiles: int = 1, fusion: str = "early"
+) -> VLMProcessor:
     """SigLIP preprocessing at the tiny tower's 32x32 resolution, with the tiny tokenizer and Qwen's chat template."""
     return VLMProcessor(
         image_processor=build_siglip_image_processor(TINY_VISION_CONFIG["image_size"]),
@@ -175,6 +177,8 @@ def build_tiny_processor(num_image_tokens: int, image_token: str = IMAGE_TOKEN) 
         chat_template=make_chat_template(image_token),
         num_image_tokens=num_image_tokens,
         image_token=image_token,
+        max_tiles=max_tiles,
+        fusion=fusion,
     )
 
 
@@ -214,7 +218,7 @@ def build_tiny_vlm(
         model = VLMForConditionalGeneration(config)
     set_tiny_generation_config(model, tokenizer)
     model.eval()
-    return model, build_tiny_processor(config.num_image_tokens, image_token)
+    return model, build_tiny_processor(config.num_image_tokens, image_token, config.max_tiles, config.fusion)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,10 +13,14 @@ import textwrap
 import pytest
 import torch
 import transformers
+from PIL import Image
 
 from configuration_vlm import PROJECTOR_TYPES
 from evaluation.captioning import caption_messages
 from models.tiny import TINY_CLIP_VISION_CONFIG, build_tiny_vlm
+
+
+IMAGE_SIZE = (96, 40)
 
 
 LOADER = textwrap.dedent(
@@ -28,7 +32,7 @@ LOADER = textwrap.dedent(
 
     assert not any(path.endswith("main") or "configuration_vlm" in path for path in sys.path)
     request = json.loads(sys.argv[1])
-    image = Image.new("RGB", (48, 40), (220, 30, 30))
+    image = Image.new("RGB", tuple(request["image_size"]), (220, 30, 30))
     # 4.57 has AutoModelForVision2Seq (deprecated there, still used) and AutoModelForImageTextToText; 5.x only the latter.
     warnings.filterwarnings("ignore", message=".*AutoModelForVision2Seq.* is deprecated")
     auto_classes = ["AutoModelForImageTextToText", "AutoModel"]
@@ -71,7 +75,7 @@ LOADER = textwrap.dedent(
 def load_in_fresh_process(directories: list[str], cwd) -> dict:
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
-    request = {"directories": directories, "messages": caption_messages()}
+    request = {"directories": directories, "messages": caption_messages(), "image_size": IMAGE_SIZE}
     process = subprocess.run(
         [os.environ.get("VLM_LOADER_PYTHON", sys.executable), "-c", LOADER, json.dumps(request)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -82,18 +86,21 @@ def load_in_fresh_process(directories: list[str], cwd) -> dict:
     return json.loads(process.stdout.split("RESULTS", 1)[1])
 
 
-def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
-    image = images[0]
+def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
+    image = Image.new("RGB", IMAGE_SIZE, (220, 30, 30))  # the loader's: 2 x 1 tiles and a thumbnail with tiles
     expected, pixel_values, directories = {}, {}, []
     clip = {"vision_config": TINY_CLIP_VISION_CONFIG, "vision_feature_layer": -2}
     builds = [(projector_type, "early", {}) for projector_type in PROJECTOR_TYPES] + [
         ("perceiver", "cross_attention", {}),
         ("mlp", "clip-default", {**clip, "vision_feature_select_strategy": "default"}),  # LLaVA-1.5's bridge
         ("qformer", "clip-full", {**clip, "vision_feature_select_strategy": "full"}),
+        ("mlp", "tiles", {"max_tiles": 4}),  # dynamic resolution, early fusion: tags and placeholders per tile
+        ("perceiver", "cross_attention-tiles", {"fusion": "cross_attention", "max_tiles": 4}),
+        ("mlp", "hybrid", {"fusion": "hybrid", "max_tiles": 4}),  # NVLM-H: the thumbnail early, the tiles deep
     ]
     for projector_type, name, settings in builds:
-        fusion = "early" if name.startswith("clip") else name
-        model, processor = build_tiny_vlm(projector_type, seed=7, fusion=fusion, **settings)
+        fusion = "cross_attention" if name == "cross_attention" else "early"
+        model, processor = build_tiny_vlm(projector_type, seed=7, **{"fusion": fusion, **settings})
         with torch.no_grad():  # open the gates, so that wrongly loaded blocks or masks would change the logits
             for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("_gate")):
                 parameter.fill_(0.3 + 0.1 * index)
@@ -101,7 +108,8 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path, images):
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))
-        hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py", "processing_vlm.py"}
+        hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py",
+                     "processing_vlm.py", "tiling_vlm.py"}
         assert hub_files | {"model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

@@ -221,3 +221,26 @@ def test_cached_features_of_a_conversation_are_those_of_its_own_images(tmp_path)
         with torch.no_grad():
             expected = model.get_vision_features(pixel_values)
         torch.testing.assert_close(torch.stack(cached[index]["vision_features"]), expected)
+
+
+@pytest.mark.parametrize(("projector_type", "fusion"), [("perceiver", "early"), ("mlp", "hybrid")])
+def test_a_tiled_mixed_run_reads_every_tile_learns_keeps_the_towers_and_resumes(tmp_path, projector_type, fusion):
+    # 48 captions and 8 conversations (a 64 px scene: 2 x 2 tiles and a thumbnail; early fusion puts the Perceiver's 8
+    # latents of each in the sequence, hybrid the MLP's 16 of the thumbnail), align, 2 epochs.
+    args = tiny_args(
+        tmp_path, projector_type=projector_type, fusion=fusion, num_train_epochs=2, save_steps=4,
+        conversations="shapes", max_train_conversations=8, learning_rate=1e-2, save_total_limit=5,
+        model_config={"max_tiles": 4}, eval_strategy="epoch", eval_before_training=True, max_eval_questions=10,
+        eval_vqa="shapes", output_dir=str(tmp_path / "straight"),
+    )  # fmt: skip
+    results = train(args)
+    assert results.feature_cache == {"train": None, "eval": None, "conversations": None}  # tiles are read, not cached
+    assert results.history[-1]["loss"] < results.history[0]["loss"] - 0.02  # align: the projector alone learns
+    expected = saved_weights(tmp_path / "straight")
+    initial = build_tiny_vlm(projector_type, seed=0, fusion=fusion, max_tiles=4)[0].state_dict()
+    for name, tensor in expected.items():  # align: the projector (and hybrid's blocks) train, nothing else
+        trained = name.startswith(("multi_modal_projector.", "cross_attention_blocks."))
+        assert torch.equal(tensor, initial[name]) != trained, name
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    train(replace(args, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
+    assert_same_weights(saved_weights(tmp_path / "resumed"), expected)

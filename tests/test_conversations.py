@@ -93,6 +93,20 @@ def test_the_loss_is_on_each_answer_and_its_end_of_turn_only_token_by_token(proc
     assert sum(label != IGNORE_INDEX for label in labels) == sum(b - a for a, b in runs)
 
 
+def test_with_tiles_the_tokens_are_those_of_inference_and_the_labels_the_answers(image_files):
+    processor = build_tiny_vlm("mlp", max_tiles=4)[1]
+    Image.new("RGB", (96, 40), (220, 30, 30)).save(image_files / "red.png")  # 2 x 1 tiles and the thumbnail
+    Image.new("RGB", (64, 64), (30, 30, 220)).save(image_files / "blue.png")  # 2 x 2 and the thumbnail
+    dataset = load_llava_conversations(write_json(image_files / "data.json", [LLAVA_SAMPLE]), image_root=image_files)
+    images = dataset[0]["images"]
+    inference = processor(images=images, text=[processor.apply_chat_template(dataset[0]["messages"])])
+    input_ids, labels = encode(processor, dataset, num_tiles=[3, 5])
+    assert input_ids == inference["input_ids"][0]
+    assert sum(token == processor.image_token_id for token in input_ids) == 8 * processor.num_image_tokens
+    answers = processor.tokenizer.decode([label for label in labels if label != IGNORE_INDEX])
+    assert answers == "".join(answer + "<|im_end|>" for answer in ANSWERS)
+
+
 def test_both_formats_give_the_same_rows_tokens_and_labels(processor, image_files, tmp_path):
     llava = load_llava_conversations(write_json(image_files / "data.json", [LLAVA_SAMPLE]), image_root=image_files)
     images = [Image.open(image_files / "red.png"), Image.open(image_files / "blue.png")]

@@ -221,11 +221,12 @@ def test_images_with_a_continued_cache_are_refused(images):
             model(input_ids=batch["input_ids"][:, -1:], pixel_values=batch["pixel_values"], cache=cache)
 
 
-def test_language_model_without_findable_decoder_layers_is_refused():
+@pytest.mark.parametrize("fusion", ["cross_attention", "hybrid"])
+def test_language_model_without_findable_decoder_layers_is_refused(fusion):
     bert = {"model_type": "bert", "vocab_size": 1024, "hidden_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4, "intermediate_size": 128, "is_decoder": True}  # fmt: skip
     config = VLMConfig(
-        vision_config=TINY_VISION_CONFIG, text_config=bert, projector_type="mlp", fusion="cross_attention",
+        vision_config=TINY_VISION_CONFIG, text_config=bert, projector_type="mlp", fusion=fusion,
         cross_attention_every=1,
     )
     with pytest.raises(ValueError, match="BertLMHeadModel has no nn.ModuleList of its 2 layers"):

@@ -15,7 +15,9 @@ import pytest
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REMOTE_CODE = ("configuration_vlm", "projectors_vlm", "cross_attention_vlm", "modeling_vlm", "processing_vlm")
+REMOTE_CODE = (
+    "configuration_vlm", "projectors_vlm", "cross_attention_vlm", "modeling_vlm", "tiling_vlm", "processing_vlm"
+)
 COMMAND_LINES = ("eval", "train_accelerate")
 # Each package may import the Hub-side files and the packages before it, never the ones after it.
 PACKAGE_ORDER = (
@@ -54,6 +56,14 @@ def test_the_root_holds_the_hub_files_and_the_command_lines_only():
 def test_every_training_module_has_its_place_in_the_layering():
     modules = {path.stem for path in (REPO_ROOT / "training").glob("*.py")} - {"__init__"}
     assert modules == set(TRAINING_ORDER), "add the new training module to TRAINING_ORDER"
+
+
+def test_the_model_file_imports_every_hub_module_the_others_import():
+    # transformers 4.57 copies only the loaded module's own relative imports into its module cache: a Hub file that
+    # only another Hub file imports would be missing when a saved model is loaded without its processor.
+    imported_by_hub_files = set().union(*(imports(REPO_ROOT / f"{module}.py") for module in REMOTE_CODE))
+    relative = {name for name in imported_by_hub_files if name.startswith(".")}
+    assert relative <= imports(REPO_ROOT / "modeling_vlm.py")
 
 
 @pytest.mark.parametrize("module", REMOTE_CODE)

@@ -250,14 +250,19 @@ def test_training_from_a_saved_model_asks_nothing_and_warns_nothing(tmp_path, st
         assert unwanted not in completed.stdout + completed.stderr
 
 
-def test_a_contrastive_run_in_the_comparison_trains_the_tower_first_and_counts_both_stages(tmp_path):
-    results = train_accelerate.main(
-        ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", "mlp,mlp_contrastive",
-         "--max_train_samples", "64", "--max_eval_samples", "8", "--num_train_epochs", "1",
-         "--per_device_train_batch_size", "16", "--predict_with_generate", "false", "--report_to", "none",
+def compare_on_captions(tmp_path, runs: str, *flags: str) -> list:
+    """`--compare runs` on the tiny shapes captions (no questions), one epoch of batches of 16, 8 evaluation images."""
+    return train_accelerate.main(
+        ["--config", str(CONFIGS / "tiny_shapes.yaml"), "--compare", runs, "--max_eval_samples", "8",
+         "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--report_to", "none",
          "--save_steps", "0", "--conversations", "none", "--eval_vqa", "none", "--eval_pope", "none",
-         "--output_dir", str(tmp_path / "compare"), "--feature_cache_dir", str(tmp_path / "feature_cache")]
+         "--output_dir", str(tmp_path / "compare"), "--feature_cache_dir", str(tmp_path / "feature_cache"), *flags]
     )  # fmt: skip
+
+
+def test_a_contrastive_run_in_the_comparison_trains_the_tower_first_and_counts_both_stages(tmp_path):
+    results = compare_on_captions(tmp_path, "mlp,mlp_contrastive", "--max_train_samples", "64",
+                                  "--predict_with_generate", "false")  # fmt: skip
     assert [(r.stage, os.path.basename(r.output_dir)) for r in results] == [
         ("finetune", "mlp"), ("contrastive", "stage1"), ("finetune", "mlp_contrastive")
     ]
@@ -268,3 +273,19 @@ def test_a_contrastive_run_in_the_comparison_trains_the_tower_first_and_counts_b
     table = (tmp_path / "compare" / "comparison.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| mlp_contrastive |"))
     assert f"| contrastive {results[1].global_step} + finetune {results[2].global_step} |" in row
+
+
+def test_tiled_and_hybrid_runs_in_the_comparison_read_up_to_four_tiles(tmp_path):
+    results = compare_on_captions(tmp_path, "mlp_tiles,mlp_hybrid", "--max_train_samples", "32",
+                                  "--max_new_tokens", "4")  # fmt: skip
+    assert [(r.fusion, r.max_tiles, r.feature_cache["train"]) for r in results] == [
+        ("early", 4, None), ("hybrid", 4, None)
+    ]  # fmt: skip
+    assert results[1].cross_attention_layers == [0, 1]
+    for name in ("mlp_tiles", "mlp_hybrid"):
+        config = json.loads((tmp_path / "compare" / name / "config.json").read_text())
+        assert config["max_tiles"] == 4 and config["fusion"] == ("hybrid" if name == "mlp_hybrid" else "early")
+        assert (tmp_path / "compare" / name / "tiling_vlm.py").is_file()
+    table = (tmp_path / "compare" / "comparison.md").read_text()
+    assert "| mlp_tiles | mlp | early | 16 per tile | 16 per tile |" in table
+    assert "| mlp_hybrid | mlp | hybrid | 16 | 16 per tile |" in table

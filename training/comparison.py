@@ -4,7 +4,8 @@ The projector comparison: one training run after the other, and the table that s
 run are two runs each, whose row counts both stages' steps and time: `qformer_stage1`, BLIP-2's stage 1 (the Q-Former
 pretrained on image-text pairs, in `<run>/stage1`) then the `qformer` run starting from it; and
 `<projector>_contrastive`, seed 001's first stage (the vision tower trained contrastively, in `<run>/stage1`) then the
-`<projector>` run on that tower.
+`<projector>` run on that tower. `<projector>_tiles` and `<projector>_hybrid` read the images at a higher resolution,
+in tiles ([`TILED_RUNS`]).
 """
 
 import os
@@ -43,6 +44,14 @@ STAGE1_RUN = "qformer_stage1"
 CONTRASTIVE_SUFFIX = "_contrastive"
 CONTRASTIVE_RUNS = tuple(f"{projector}{CONTRASTIVE_SUFFIX}" for projector in PROJECTOR_TYPES)
 """Each projector's run on a vision tower first trained contrastively (see the module docstring)."""
+TILES_SUFFIX, HYBRID_SUFFIX = "_tiles", "_hybrid"
+COMPARISON_MAX_TILES = 4
+TILED_RUNS = tuple(f"{projector}{suffix}" for suffix in (TILES_SUFFIX, HYBRID_SUFFIX) for projector in PROJECTOR_TYPES)
+"""
+Each projector with dynamic resolution, up to [`COMPARISON_MAX_TILES`] tiles and a thumbnail per image: every tile in
+the sequence (`<projector>_tiles`), or NVLM's hybrid, the thumbnail in the sequence and the tiles through gated
+cross-attention (`<projector>_hybrid`).
+"""
 COMPARE_ALL = (*ALL_RUNS, STAGE1_RUN)
 """`--compare all`: every bridge, and the Q-Former with stage 1 beside the one without."""
 STAGE1_DIR = "stage1"
@@ -50,15 +59,19 @@ STAGE1_DIR = "stage1"
 
 def run_settings(name: str) -> dict[str, str]:
     """
-    The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], [`STAGE1_RUN`] or
-    [`CONTRASTIVE_RUNS`]).
+    The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], [`STAGE1_RUN`],
+    [`CONTRASTIVE_RUNS`] or [`TILED_RUNS`], which adds its `max_tiles`).
     """
     if name == STAGE1_RUN:
         return {"projector_type": "qformer", "fusion": "early"}
     if name in CONTRASTIVE_RUNS:
         return {"projector_type": name.removesuffix(CONTRASTIVE_SUFFIX), "fusion": "early"}
+    if name in TILED_RUNS:
+        projector_type, suffix = name.rsplit("_", 1)
+        return {"projector_type": projector_type, "fusion": "early" if suffix == "tiles" else "hybrid",
+                "max_tiles": COMPARISON_MAX_TILES}  # fmt: skip
     if name not in RUN_NAMES:
-        known = ", ".join((*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS))
+        known = ", ".join((*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS))
         raise ValueError(f"Unknown run {name!r}; choose one of {known}.")
     projector_type = name.removesuffix(CROSS_ATTENTION_SUFFIX)
     return {"projector_type": projector_type, "fusion": "early" if name == projector_type else "cross_attention"}
@@ -71,7 +84,10 @@ def named_runs(base: VLMTrainingArguments, name: str) -> list[VLMTrainingArgumen
     into `<name>/stage1`) and then the run starting from it.
     """
     output_dir = os.path.join(base.output_dir, name)
-    run = replace(base, **run_settings(name), output_dir=output_dir)
+    settings = run_settings(name)
+    if "max_tiles" in settings:
+        settings["model_config"] = {**base.model_config, "max_tiles": settings.pop("max_tiles")}
+    run = replace(base, **settings, output_dir=output_dir)
     if name != STAGE1_RUN and name not in CONTRASTIVE_RUNS:
         return [run]
     stage1_dir = os.path.join(output_dir, STAGE1_DIR)
@@ -132,8 +148,10 @@ def _row(
     throughput: str,
     questions: dict[str, str],
 ) -> list[str]:
+    per_tile = " per tile" if result.max_tiles > 1 else ""  # each tile's, and the thumbnail's, when tiled
+    llm_tokens = f"{result.num_image_tokens}{per_tile if result.fusion == 'early' else ''}"
     return [
-        name, result.projector_type, result.fusion, str(result.num_image_tokens), str(result.num_visual_tokens),
+        name, result.projector_type, result.fusion, llm_tokens, f"{result.num_visual_tokens}{per_tile}",
         f"{result.trainable_parameters:,}", steps,
         format_score(best_cider), format_score(metrics.get("CIDEr")), format_score(metrics.get("METEOR")),
         f"{metrics['loss']:.4f}", *(format_score(metrics.get(key)) for key in questions.values()),

@@ -108,8 +108,9 @@ class ChatCollator:
     Batches caption examples (`image_id`, `caption`, `image` or `vision_features`) and conversation examples (`id`,
     `messages`, `images` or `vision_features` lists) into model inputs: `input_ids`, `attention_mask`, `labels` and
     `position_ids` `(batch_size, sequence_length)`, left padded, the labels on the answers only; and every image of
-    the batch in order as `pixel_values` `(num_images, 3, size, size)` or `vision_features` `(num_images,
-    num_patches, vision_dim)` (neither when no example has an image). A caption is the answer to `prompt`, cut to
+    the batch in order as `pixel_values` `(num_images, 3, size, size)` (tiled: with `num_tiles`, see
+    `VLMProcessor.tile_images`) or `vision_features` `(num_images, num_patches, vision_dim)` (neither when no example
+    has an image). A caption is the answer to `prompt`, cut to
     `max_caption_tokens`. Examples with an unreadable image are dropped and counted in `num_skipped_images`; a
     conversation longer than `max_length` raises, naming it.
     """
@@ -129,14 +130,20 @@ class ChatCollator:
         batch: dict[str, Any] = {"num_skipped_images": len(chats) - len(kept)}
         if not kept:
             return batch
-        encoded = [encode_conversation(self.processor, messages, self.template, sample_id, self.max_length)
-                   for sample_id, messages, _ in kept]  # fmt: skip
-        batch.update(left_padded(encoded, self.processor.tokenizer.pad_token_id))
         images = [image for _, _, sample_images in kept for image in sample_images]
         if images and isinstance(images[0], torch.Tensor):
             batch["vision_features"] = torch.stack(images)
+        elif images and self.processor.max_tiles > 1:
+            batch.update(self.processor.tile_images(images))
         elif images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        counts = iter(batch["num_tiles"].tolist()) if "num_tiles" in batch else None
+        encoded = [
+            encode_conversation(self.processor, messages, self.template, sample_id, self.max_length,
+                                None if counts is None else [next(counts) for _ in sample_images])
+            for sample_id, messages, sample_images in kept
+        ]  # fmt: skip
+        batch.update(left_padded(encoded, self.processor.tokenizer.pad_token_id))
         return batch
 
     def as_chat(self, example: dict[str, Any]) -> tuple[str, list[dict], list]:

@@ -244,13 +244,15 @@ def load_splits_and_features(
 ) -> tuple[Dataset, Dataset, dict[str, VisionFeatures | None]]:
     """
     Both splits of the run, and the vision features of each (`{"train": ..., "eval": ...}`) from the cache when
-    `model`'s tower is frozen and caching is on (`None` otherwise).
+    `model`'s tower is frozen, its images untiled and caching on (`None` otherwise).
     """
     with accelerator.main_process_first():
         train_data = load_split(args, args.train_split, args.max_train_samples)
         eval_data = merge_repeated_ids(load_split(args, args.eval_split, args.max_eval_samples))
     features: dict[str, VisionFeatures | None] = {"train": None, "eval": None}
-    if args.cache_vision_features and not any(p.requires_grad for p in model.vision_tower.parameters()):
+    frozen = not any(p.requires_grad for p in model.vision_tower.parameters())
+    # Tiles are cut per image at load time (their number varies with the aspect ratio): they are read, not cached.
+    if args.cache_vision_features and frozen and getattr(model.config, "max_tiles", 1) == 1:
         with accelerator.local_main_process_first():
             for name, data in (("train", train_data), ("eval", eval_data)):
                 features[name] = load_or_compute_vision_features(

@@ -227,9 +227,15 @@ def _results_fields(results: TrainingResults) -> dict[str, str | int]:
 
 def _bridge_sentence(results: TrainingResults) -> str:
     """How the card says the image reaches the language model, with the fusion and the tokens per image."""
+    layers = ", ".join(map(str, results.cross_attention_layers or []))
+    if results.fusion == "hybrid":
+        return (
+            f"a **{results.projector_type}** projector in **hybrid fusion** (NVLM-H): the whole image's\n"
+            f"{results.num_image_tokens} tokens in the language model's input, its tiles read through gated\n"
+            f"cross-attention before decoder layers {layers}"
+        )
     if results.fusion != "cross_attention":
         return f"a **{results.projector_type}** projector\n({results.num_image_tokens} image tokens per image)"
-    layers = ", ".join(map(str, results.cross_attention_layers or []))
     return (
         f"a **{results.projector_type}** projector read through **gated cross-attention** (deep fusion, as in\n"
         f"Flamingo) before decoder layers {layers} ({results.num_visual_tokens} visual tokens per image as keys and\n"

@@ -57,6 +57,7 @@ class TrainingResults:
     fusion: str = "early"
     num_visual_tokens: int | None = None  # projector tokens per image (the keys and values with cross-attention)
     cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
+    max_tiles: int = 1  # dynamic resolution: tiles per image at most (a thumbnail besides when more than one)
     num_train_conversations: int = 0
     saved_step: int | None = None  # the step of the complete model saved in output_dir (None: the last one)
 
@@ -141,6 +142,7 @@ def bridge_fields(model: VLMForConditionalGeneration | QFormerForPretraining) ->
         "fusion": config.fusion,
         "num_visual_tokens": config.num_visual_tokens,
         "cross_attention_layers": config.cross_attention_layer_indices,
+        "max_tiles": config.max_tiles,
     }
 
 
@@ -152,10 +154,11 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
         return f"contrastive dual encoder ({model.config.contrastive_loss} loss)"
     if fields["fusion"] == "none":
         return f"qformer stage 1 ({' + '.join(model.config.active_objectives)})"
-    if fields["fusion"] != "cross_attention":
+    if fields["fusion"] == "early":
         return f"{fields['projector_type']} projector"
     layers = ", ".join(map(str, fields["cross_attention_layers"] or []))
-    return f"{fields['projector_type']} projector + gated cross-attention before decoder layers {layers}"
+    hybrid = "the whole image in the sequence, its tiles through " if fields["fusion"] == "hybrid" else ""
+    return f"{fields['projector_type']} projector + {hybrid}gated cross-attention before decoder layers {layers}"
 
 
 def run_summary(
@@ -180,7 +183,7 @@ def run_summary(
         f"{bridge}, stage {stage}: {parameter_counts[0]:,} trainable / {parameter_counts[1]:,} "
         f"parameters; {num_images} train{conversations} / {len(data.eval_set.references)} eval images; "
         f"{schedule.total_steps} steps of {samples_per_step} samples; vision features: "
-        f"{cache or 'not cached (vision tower trains or cache off)'}; unreadable eval images skipped: "
+        f"{cache or 'not cached (vision tower trains, tiled images or cache off)'}; unreadable eval images skipped: "
         f"{data.eval_set.num_skipped_images}."
     )
 
