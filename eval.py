@@ -35,6 +35,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from configuration_vlm import PROJECTOR_TYPES
 from data.captions import CaptionDataError, load_captions, merge_repeated_ids, readable_samples
 from data.questions import load_pope_questions, load_vqa_questions
+from data.shapes import SHAPES_STYLES
 from data.vqa_benchmarks import POPE_SPLITS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
 from evaluation.captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset",
         default="shapes",
-        help='"shapes" (offline, every task); captions: "coco-karpathy" or a dataset path; vqa: "vqav2" '
-        "(lmms-lab/VQAv2); pope: \"pope\" (lmms-lab/POPE); or a local copy in their schema",
+        help='"shapes" or "shapes-small" (offline, every task); captions: "coco-karpathy" or a dataset path; vqa: '
+        '"vqav2" (lmms-lab/VQAv2); pope: "pope" (lmms-lab/POPE); or a local copy in their schema',
     )
     parser.add_argument("--split", default=None, help="default: test (shapes, captions), validation (vqav2)")
     parser.add_argument(
@@ -121,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except OSError as error:
         usage_error(str(error))
     if args.split is None:
-        args.split = "validation" if args.task == "vqa" and args.dataset != "shapes" else "test"
+        args.split = "validation" if args.task == "vqa" and args.dataset not in SHAPES_STYLES else "test"
     if args.max_new_tokens is None:
         args.max_new_tokens = 64 if args.task == "caption" else DEFAULT_MAX_ANSWER_TOKENS
     return args

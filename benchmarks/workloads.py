@@ -77,7 +77,8 @@ def build_benchmark_model(
     run_name: str, small: bool, **config_overrides: Any
 ) -> tuple[VLMForConditionalGeneration, VLMProcessor]:
     """
-    The model of `run_name` (a projector type, or `<projector>_xattn` for cross-attention fusion): the tiny VLM of
+    The model of `run_name` (a projector type, `<projector>_xattn` for cross-attention fusion, or a tiled run of
+    `training.comparison.TILED_RUNS`): the tiny VLM of
     `tiny_vlm.py` with `small`, else a real-size one from [`VLMConfig`] defaults (SigLIP-base + Qwen2.5-0.5B shapes,
     random weights; cross-attention before every 4th decoder layer) with SigLIP's 224 px preprocessing and the tiny
     offline tokenizer. `config_overrides` are [`VLMConfig`] arguments of the real-size model.
@@ -100,14 +101,16 @@ def build_benchmark_model(
         chat_template=make_chat_template(IMAGE_TOKEN),
         num_image_tokens=config.num_image_tokens,
         image_token=IMAGE_TOKEN,
+        max_tiles=config.max_tiles,
+        fusion=config.fusion,
     )
     return model.eval(), processor
 
 
-def synthetic_images(count: int, seed: int = 0) -> list[Image.Image]:
-    """`count` random-noise RGB images of 224x224 pixels."""
+def synthetic_images(count: int, seed: int = 0, size: int = IMAGE_SIZE) -> list[Image.Image]:
+    """`count` random-noise RGB images of `size` x `size` pixels."""
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)) for _ in range(count)]
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
 def training_batch(

@@ -22,6 +22,7 @@ skip unreadable images reads the raw column instead and decodes it with [`open_i
 import io
 import os
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import PIL.Image
 import PIL.ImageOps
@@ -29,7 +30,7 @@ from datasets import Dataset, Features, Image, List, Value, load_dataset
 
 from processing_vlm import to_rgb_image
 
-from .shapes import shapes_image_id, shapes_scenes
+from .shapes import SHAPES_STYLES, shapes_image_id, shapes_scenes
 
 
 CAPTION_FEATURES = Features(
@@ -56,7 +57,9 @@ class CaptionDataError(ValueError):
     """A dataset argument or the data itself cannot give captioning examples; the message says what to change."""
 
 
-def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> Dataset:
+def make_shapes_dataset(
+    num_images: int, seed: int = 0, image_size: int = 64, split: str = "train", shape_scale: float = 1.0
+) -> Dataset:
     """
     Generates a synthetic captioning dataset of one or two coloured shapes on a plain background, fully offline.
 
@@ -66,7 +69,7 @@ def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, sp
     with a period), e.g. `"a big red circle on the left."` and `"there is a red circle in the left part of the
     image."`, which all name every shape with its colour and shape word.
 
-    The dataset only depends on `(num_images, seed, image_size, split)`: the same arguments give identical PNG bytes
+    The dataset only depends on its arguments: the same arguments give identical PNG bytes
     and captions, each split draws from its own random stream, and a smaller `num_images` gives a prefix of a larger
     one.
 
@@ -79,11 +82,13 @@ def make_shapes_dataset(num_images: int, seed: int = 0, image_size: int = 64, sp
             Side of the square images, in pixels.
         split (`str`, *optional*, defaults to `"train"`):
             Name of the split, used in the random stream and in the image ids (`"shapes-{split}-{index:05d}"`).
+        shape_scale (`float`, *optional*, defaults to 1.0):
+            Scale of the shapes' sizes (see `data.shapes.SHAPES_STYLES`).
 
     Returns:
         `datasets.Dataset`: the dataset with the columns of `CAPTION_FEATURES`, the images stored as PNG bytes.
     """
-    scenes = shapes_scenes(num_images, seed=seed, image_size=image_size, split=split)
+    scenes = shapes_scenes(num_images, seed=seed, image_size=image_size, split=split, shape_scale=shape_scale)
     return Dataset.from_dict(
         {
             "image_id": [shapes_image_id(split, index) for index in range(num_images)],
@@ -299,8 +304,8 @@ def load_captions(
 
     Args:
         source (`str`):
-            `"shapes"` for [`make_shapes_dataset`], `"coco-karpathy"` for [`load_coco_karpathy`], anything else is a
-            dataset for [`load_caption_dataset`].
+            `"shapes"` (or another name of `data.shapes.SHAPES_STYLES`) for [`make_shapes_dataset`], `"coco-karpathy"`
+            for [`load_coco_karpathy`], anything else is a dataset for [`load_caption_dataset`].
         split (`str`):
             Split to load.
         image_root (`str`, *optional*):
@@ -322,12 +327,13 @@ def load_captions(
     Raises:
         `CaptionDataError`: if the arguments or the data cannot give captioning examples (see the loaders).
     """
-    if source == "shapes":
+    if source in SHAPES_STYLES:
         if max_samples is None:
             if split not in SHAPES_SPLIT_SIZES:
                 raise CaptionDataError(f"Pass `max_samples` for the shapes split {split!r}: it has no default size.")
             max_samples = SHAPES_SPLIT_SIZES[split]
-        return make_shapes_dataset(max_samples, seed=seed, split=split, **load_kwargs)
+        style = {**asdict(SHAPES_STYLES[source]), **load_kwargs}
+        return make_shapes_dataset(max_samples, seed=seed, split=split, **style)
     if source == "coco-karpathy":
         if image_root is None:
             raise CaptionDataError(

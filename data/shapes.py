@@ -35,6 +35,23 @@ SHAPE_POSITIONS = {
     "centre": (0.5, 0.5),
 }
 SHAPE_SIZES = {"small": 0.1, "large": 0.2}
+
+
+@dataclass(frozen=True)
+class ShapesStyle:
+    """How a variant of the synthetic data draws its scenes: the side of its images and a scale of its shapes' sizes."""
+
+    image_size: int = 64
+    shape_scale: float = 1.0
+
+
+SHAPES_STYLES = {
+    "shapes": ShapesStyle(),
+    # Small shapes in a large image, where resolution matters: a small shape is 6 px across in 128 px, 1.6 px at the
+    # tiny tower's 32 px input, 3.2 px in each of 2 x 2 tiles.
+    "shapes-small": ShapesStyle(image_size=128, shape_scale=0.25),
+}
+"""The names of the synthetic datasets (for captions, conversations, VQA and POPE alike) and how each draws."""
 # Two shapes sit at opposite positions so that even two large ones never overlap.
 OPPOSITE_POSITIONS = (("left", "right"), ("top", "bottom"))
 
@@ -123,10 +140,10 @@ class ShapesScene:
     captions: list[str]
 
 
-def random_shapes_scene(rng: random.Random, image_size: int) -> ShapesScene:
+def random_shapes_scene(rng: random.Random, image_size: int, shape_scale: float = 1.0) -> ShapesScene:
     """
-    One scene drawn from `rng`: an `image_size` x `image_size` image holding one shape, or two at opposite positions,
-    and its `CAPTIONS_PER_SHAPES_IMAGE` distinct references.
+    One scene drawn from `rng`: an `image_size` x `image_size` image holding one shape, or two at opposite positions
+    (their sizes scaled by `shape_scale`), and its `CAPTIONS_PER_SHAPES_IMAGE` distinct references.
     """
     background = rng.choice(list(BACKGROUND_COLORS))
     if rng.random() < 0.5:
@@ -152,7 +169,7 @@ def random_shapes_scene(rng: random.Random, image_size: int) -> ShapesScene:
         # Small jitter so that images sharing a description still differ.
         cx = (x + rng.uniform(-0.03, 0.03)) * image_size
         cy = (y + rng.uniform(-0.03, 0.03)) * image_size
-        radius = SHAPE_SIZES[obj["size"]] * rng.uniform(0.9, 1.1) * image_size
+        radius = SHAPE_SIZES[obj["size"]] * rng.uniform(0.9, 1.1) * image_size * shape_scale
         _draw_shape(draw, obj["shape"], SHAPE_COLORS[obj["color"]], cx, cy, radius)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -162,14 +179,16 @@ def random_shapes_scene(rng: random.Random, image_size: int) -> ShapesScene:
     return ShapesScene(buffer.getvalue(), background, objects, captions)
 
 
-def shapes_scenes(num_images: int, seed: int = 0, image_size: int = 64, split: str = "train") -> list[ShapesScene]:
+def shapes_scenes(
+    num_images: int, seed: int = 0, image_size: int = 64, split: str = "train", shape_scale: float = 1.0
+) -> list[ShapesScene]:
     """
-    The scenes of the synthetic split `split`: they depend on `(num_images, seed, image_size, split)` only, each split
-    draws from its own random stream, and a smaller `num_images` gives a prefix of a larger one.
+    The scenes of the synthetic split `split`: they depend on `(num_images, seed, image_size, split, shape_scale)`
+    only, each split draws from its own random stream, and a smaller `num_images` gives a prefix of a larger one.
     """
     # String seeds are hashed with SHA-512 by `random.Random`, so streams are stable across processes and platforms.
     rng = random.Random(f"shapes/{split}/{seed}")
-    return [random_shapes_scene(rng, image_size) for _ in range(num_images)]
+    return [random_shapes_scene(rng, image_size, shape_scale) for _ in range(num_images)]
 
 
 def shapes_image_id(split: str, index: int) -> str:

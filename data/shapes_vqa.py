@@ -100,14 +100,16 @@ def _question_rng(kind: str, split: str, seed: int) -> random.Random:
     return random.Random(f"shapes-{kind}/{split}/{seed}")
 
 
-def make_shapes_vqa(num_images: int, seed: int = 0, split: str = "test", image_size: int = 64) -> Dataset:
+def make_shapes_vqa(
+    num_images: int, seed: int = 0, split: str = "test", image_size: int = 64, shape_scale: float = 1.0
+) -> Dataset:
     """
-    The questions of [`scene_questions`] about the first `num_images` scenes of `split`, as a dataset of
-    `VQA_FEATURES` (question ids `"<image id>-q<k>"`).
+    The questions of [`scene_questions`] about the first `num_images` scenes of `split` (drawn with `image_size` and
+    `shape_scale`), as a dataset of `VQA_FEATURES` (question ids `"<image id>-q<k>"`).
     """
     rng = _question_rng("vqa", split, seed)
     rows = []
-    for index, scene in enumerate(shapes_scenes(num_images, seed, image_size, split)):
+    for index, scene in enumerate(shapes_scenes(num_images, seed, image_size, split, shape_scale)):
         image_id = shapes_image_id(split, index)
         for k, (question, answers, question_type) in enumerate(scene_questions(scene, rng)):
             rows.append({
@@ -125,6 +127,7 @@ def make_shapes_conversations(
     split: str = "train",
     image_size: int = 64,
     turns: int = 3,
+    shape_scale: float = 1.0,
 ) -> Dataset:
     """
     The [`scene_questions`] of the first `num_images` scenes of `split` as multi-turn, multi-image conversations
@@ -134,7 +137,7 @@ def make_shapes_conversations(
     would give another's answer away (and a model would learn to read it off the text instead of the image).
     """
     rng = _question_rng("conversations", split, seed)
-    scenes = shapes_scenes(num_images, seed, image_size, split)
+    scenes = shapes_scenes(num_images, seed, image_size, split, shape_scale)
     questions = [scene_questions(scene, rng) for scene in scenes]
     for scene_questions_ in questions:
         rng.shuffle(scene_questions_)
@@ -189,16 +192,17 @@ def make_shapes_pope(
     statistics_images: int = 1000,
     image_size: int = 64,
     pope_splits: tuple[str, ...] = POPE_SPLITS,
+    shape_scale: float = 1.0,
 ) -> Dataset:
     """
     POPE on the first `num_images` scenes of `split` (`POPE_FEATURES`): per scene and POPE split, "Is there a <object>
     in the image?" for each object present ("yes") and as many absent ones ("no", see [`pope_negatives`]); the
     popular and adversarial negatives come from the first `statistics_images` training scenes.
     """
-    statistics = object_statistics(shapes_scenes(statistics_images, seed, image_size, "train"))
+    statistics = object_statistics(shapes_scenes(statistics_images, seed, image_size, "train", shape_scale))
     rng = _question_rng("pope", split, seed)
     rows = []
-    for index, scene in enumerate(shapes_scenes(num_images, seed, image_size, split)):
+    for index, scene in enumerate(shapes_scenes(num_images, seed, image_size, split, shape_scale)):
         image_id, image = shapes_image_id(split, index), {"bytes": scene.png, "path": None}
         present = sorted({object_name(obj) for obj in scene.objects})
         for pope_split in pope_splits:

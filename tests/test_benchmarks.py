@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from benchmarks import contrastive_step, instruct, levers, sft_peer
+from benchmarks import contrastive_step, instruct, levers, sft_peer, tiles
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
@@ -183,3 +183,16 @@ def test_the_contrastive_step_benchmark_times_both_losses_and_the_locked_sides()
     tower, text = (sum(p.numel() for p in part.parameters()) for part in (model.vision_model, model.text_model))
     assert rows[2]["trainable"] == both - tower and rows[3]["trainable"] == both - text  # the locked side's frozen
     assert "| sigmoid | lock_image | 4 |" in contrastive_step.format_rows(rows)
+
+
+def test_the_tiles_benchmark_measures_whole_tiled_and_hybrid_reads():
+    rows = tiles.main(["--small", "--batch_size", "2", "--captions", "2"])
+    assert [(row["run"], row["fusion"], row["max_tiles"]) for row in rows] == [
+        ("mlp", "early", 1), ("mlp_tiles", "early", 4), ("mlp_hybrid", "hybrid", 4)
+    ]  # fmt: skip
+    whole, tiled, hybrid = rows
+    assert tiled["image_positions"] == 5 * whole["image_positions"]  # 2 x 2 tiles and the thumbnail
+    for field in ("image_positions", "sequence_length"):  # hybrid: only the thumbnail in the sequence
+        assert hybrid[field] == whole[field]
+    assert hybrid["trainable_parameters"] > tiled["trainable_parameters"] == whole["trainable_parameters"]
+    assert all(row["samples_per_s"] > 0 and row["captions_per_s"] > 0 for row in rows)

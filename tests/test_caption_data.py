@@ -1,6 +1,7 @@
 """Tests of `caption_data` and `shapes_data`: the synthetic shapes set, the COCO-Karpathy and generic loaders, and
 `open_image`."""
 
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from data.captions import (
     make_shapes_dataset,
     open_image,
 )
+from data.questions import load_vqa_questions
 from data.shapes import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
 from models.tiny import build_tiny_vlm
 from tiny_runs import tiny_args
@@ -70,6 +72,27 @@ def test_shapes_smaller_set_is_a_prefix():
     small, large = make_shapes_dataset(5, seed=7), make_shapes_dataset(12, seed=7)
     assert raw_images(small) == raw_images(large)[:5]
     assert small["captions"] == large["captions"][:5]
+
+
+def drawn_share(png: bytes) -> tuple[int, float]:
+    """The image side, and the share of its pixels that differ from the background (the top-left pixel's colour)."""
+    image = np.asarray(PIL.Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return image.shape[1], float((np.abs(image - image[0, 0]).sum(-1) > 0).mean())
+
+
+def test_shapes_small_draws_the_same_scenes_with_small_shapes_in_large_images():
+    regular = load_captions("shapes", "train", max_samples=20)
+    small = load_captions("shapes-small", "train", max_samples=20)
+    assert small["captions"] == regular["captions"] and small["image_id"] == regular["image_id"]
+    images = [data.cast_column("image", Image(decode=False))["image"] for data in (regular, small)]
+    for regular_image, small_image in zip(*images):
+        side, share = drawn_share(regular_image["bytes"])
+        small_side, small_share = drawn_share(small_image["bytes"])
+        assert (side, small_side) == (64, 128)
+        assert small_share < 0.15 * share  # shapes at a quarter of the size: a sixteenth of the area
+    vqa, small_vqa = load_vqa_questions("shapes", "test", 10), load_vqa_questions("shapes-small", "test", 10)
+    assert small_vqa["question"] == vqa["question"] and small_vqa["answers"] == vqa["answers"]
+    assert drawn_share(small_vqa.cast_column("image", Image(decode=False))[0]["image"]["bytes"])[0] == 128
 
 
 def test_shapes_captions_describe_the_image():

@@ -148,8 +148,9 @@ class VLMTrainingArguments:
     dataset: str = field(
         default="shapes",
         metadata={
-            "help": '"shapes" (offline), "coco-karpathy", or a caption dataset; or a LLaVA JSON file of '
-            "conversations (images under image_root) to train on conversations only, as LLaVA-1.5's stage 2."
+            "help": '"shapes" (offline; "shapes-small": small shapes in 128 px images), "coco-karpathy", or a caption '
+            "dataset; or a LLaVA JSON file of conversations (images under image_root) to train on conversations "
+            "only, as LLaVA-1.5's stage 2."
         },
     )
     image_root: str | None = field(default=None, metadata={"help": "COCO 2014 image root for coco-karpathy."})

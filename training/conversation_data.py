@@ -6,7 +6,7 @@ either kind into model inputs with the loss on the answers only (each answer and
 chat template's `{% generation %}` markers: `data.conversations.encode_conversation`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from data.conversations import (
     load_llava_conversations,
     load_messages_dataset,
 )
+from data.shapes import SHAPES_STYLES
 from data.shapes_vqa import make_shapes_conversations
 from evaluation.captioning import CAPTION_PROMPT, caption_messages
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
@@ -42,9 +43,12 @@ def load_conversations(args: VLMTrainingArguments, on_invalid) -> Dataset:
     """
     source = args.dataset if args.conversations_only else args.conversations
     limit = args.max_train_conversations
-    if source == "shapes":
+    if source in SHAPES_STYLES:
         num_images = limit or args.max_train_samples or SHAPES_SPLIT_SIZES[args.train_split]
-        return make_shapes_conversations(num_images, VQA_SHORT_ANSWER_PROMPT, seed=args.seed, split=args.train_split)
+        style = asdict(SHAPES_STYLES[source])
+        return make_shapes_conversations(
+            num_images, VQA_SHORT_ANSWER_PROMPT, seed=args.seed, split=args.train_split, **style
+        )
     if source.endswith(".json"):
         return load_llava_conversations(source, args.image_root, limit, on_invalid)
     return load_messages_dataset(source, args.train_split, limit, on_invalid)

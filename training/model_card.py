@@ -12,6 +12,7 @@ import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from data.captions import KARPATHY_SOURCE
+from data.shapes import SHAPES_STYLES
 from evaluation.markdown_tables import format_score, markdown_table
 from qformer_pretraining.retrieval import RECALL_KS
 
@@ -43,7 +44,7 @@ def dataset_ids(dataset: str) -> list[str]:
     """Hub ids of the training data named `dataset` (none for the offline shapes and local directories)."""
     if dataset == "coco-karpathy":
         return [KARPATHY_SOURCE]
-    return [] if dataset == "shapes" or os.path.exists(dataset) else [dataset]
+    return [] if dataset in SHAPES_STYLES or os.path.exists(dataset) else [dataset]
 
 
 def question_eval_results(final: dict[str, float], args: VLMTrainingArguments) -> list[EvalResult]:

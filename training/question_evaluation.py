@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from data.captions import SHAPES_SPLIT_SIZES, open_image
 from data.questions import load_pope_questions, load_vqa_questions
+from data.shapes import SHAPES_STYLES
 from evaluation.captioning import generate_replies
 from evaluation.question_answering import (
     DEFAULT_MAX_ANSWER_TOKENS,
@@ -75,8 +76,8 @@ class QuestionEvalSet:
 def load_question_sets(args: VLMTrainingArguments) -> dict[str, Dataset]:
     """
     The question sets of `args.eval_vqa` and `args.eval_pope`, the first `args.max_eval_questions` (per POPE split).
-    The synthetic `"shapes"` ones ask about the run's evaluation scenes; their POPE negatives count the objects of its
-    training scenes.
+    The synthetic ones (`"shapes"`, `"shapes-small"`) ask about the run's evaluation scenes; their POPE negatives count
+    the objects of its training scenes.
     """
     sets = {}
     if args.eval_vqa:
@@ -86,7 +87,7 @@ def load_question_sets(args: VLMTrainingArguments) -> dict[str, Dataset]:
         shapes = {"split": args.eval_split, "statistics_images": statistics_images}
         sets["pope"] = load_pope_questions(
             args.eval_pope, max_samples=args.max_eval_questions, seed=args.seed,
-            **(shapes if args.eval_pope == "shapes" else {}),
+            **(shapes if args.eval_pope in SHAPES_STYLES else {}),
         )  # fmt: skip
     return sets
 
