@@ -45,6 +45,15 @@ class VLMImageCache:
     last_slots: torch.LongTensor
     key_valid: torch.BoolTensor | None = None
 
+    def select_rows(self, rows: torch.LongTensor) -> "VLMImageCache":
+        """The images of batch rows `rows` (in order, repeats allowed), as the KV cache's `batch_select_indices`."""
+        return VLMImageCache(
+            keys_values={layer: (key[rows], value[rows]) for layer, (key, value) in self.keys_values.items()},
+            key_slots=self.key_slots,
+            last_slots=self.last_slots[rows],
+            key_valid=self.key_valid[rows] if self.key_valid is not None else None,
+        )
+
 
 @dataclass
 class VLMCrossAttentionContext:

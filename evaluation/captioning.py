@@ -68,7 +68,7 @@ def generate_replies(
     The greedy replies to chat-formatted `texts`, each holding one image token for its image of `images` (in order),
     generated in batches (left padding, KV cache) on the model's device and dtype; stripped of surrounding spaces.
     With `image_keys` (one per text, e.g. image ids), texts about the same image in a batch share its vision features
-    and, with early fusion and `share_prefill`, the prefill of the chat up to its image (`evaluation.shared_images`).
+    and, with `share_prefill`, the prefill of the chat up to its image (`evaluation.shared_images`).
     """
     if getattr(model.config, "max_tiles", 1) > 1:
         image_keys = None  # tiled images: each row's own tiles (the sharing reads one untiled image's features)
@@ -76,7 +76,7 @@ def generate_replies(
     for start in tqdm(range(0, len(texts), batch_size), desc=description, disable=not progress):
         chunk_texts = list(texts[start : start + batch_size])
         new_tokens = None
-        if image_keys is not None and share_prefill and getattr(model.config, "fusion", "early") == "early":
+        if image_keys is not None and share_prefill:
             new_tokens = generate_with_shared_prefill(
                 model, processor, images, chunk_texts, image_keys, start, max_new_tokens
             )

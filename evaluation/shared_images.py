@@ -1,9 +1,10 @@
 # Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
 """
 Several questions about one image, answered together (VQAv2 asks about five per image, POPE six): each image goes
-through the vision tower once per batch ([`shared_image_inputs`]), and, with early fusion, the chat up to and
-including its image tokens, the same for all its questions, is prefilled once into the KV cache and copied to each
-of them ([`generate_with_shared_prefill`]), so that the language model reads each question's own tokens only.
+through the vision tower once per batch ([`shared_image_inputs`]), and the chat up to and including its image tokens
+(or, with cross-attention, its marker, the blocks' keys and values with it), the same for all its questions, is
+prefilled once into the KV cache and copied to each of them ([`generate_with_shared_prefill`]), so that the language
+model reads each question's own tokens only.
 """
 
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from cross_attention_vlm import IMAGE_CACHE_ATTRIBUTE
 from modeling_vlm import CACHE_NAME
 from processing_vlm import to_rgb_image
 
@@ -78,10 +80,11 @@ def generate_with_shared_prefill(
     max_new_tokens: int,
 ) -> torch.LongTensor | None:
     """
-    The greedy new tokens `(len(texts), num_new)` of `texts` (rows `start`... of `images` and `image_keys`; early
-    fusion): each distinct image's prefix (the chat up to and including its image tokens) is prefilled once, its KV
-    cache copied to the rows about that image, and each row's own tokens follow it, padded between prefix and question
-    (masked out, positions continuing after the prefix). `None` when the rows do not share one prefix.
+    The greedy new tokens `(len(texts), num_new)` of `texts` (rows `start`... of `images` and `image_keys`; any fusion):
+    each distinct image's prefix (the chat up to and including its image tokens, or its marker) is prefilled once,
+    its KV cache (and with cross-attention its blocks' keys and values) copied to the rows about that image, and each
+    row's own tokens follow it, padded between prefix and question (masked out, positions continuing after the
+    prefix). `None` when the rows do not share one prefix.
     """
     expanded = [processor.expand_image_tokens(text) for text in texts]
     token_ids = processor.tokenizer(expanded)["input_ids"]
@@ -93,6 +96,9 @@ def generate_with_shared_prefill(
     with torch.inference_mode():
         cache = model(input_ids=prefix, vision_features=features, use_cache=True)[CACHE_NAME]
     cache.batch_select_indices(rows)
+    images = getattr(cache, IMAGE_CACHE_ATTRIBUTE, None)  # cross-attention's keys and values of each image
+    if images is not None:
+        setattr(cache, IMAGE_CACHE_ATTRIBUTE, images.select_rows(torch.as_tensor(rows, device=model.device)))
     suffixes = [ids[length:] for ids in token_ids]
     width = max(map(len, suffixes))
     pad = processor.tokenizer.pad_token_id

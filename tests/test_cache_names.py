@@ -135,16 +135,21 @@ def test_beams_and_samples_give_the_same_tokens_with_and_without_the_cache(image
 QUESTIONS = ["Is there a red circle?", "How many shapes are there?", "What color is the square?", "Is it big?"]
 
 
-@pytest.mark.parametrize("projector_type", ["mlp", "qformer"])
-def test_a_prefix_prefilled_once_per_image_answers_each_question_as_alone(images, projector_type):
-    """Each image's chat up to its image tokens, prefilled once and copied to its questions (of unequal lengths, so
-    padded between prefix and question), gives the tokens each question gets alone."""
-    model, processor = build_tiny_vlm(projector_type, seed=3)
+@pytest.mark.parametrize(
+    ("projector_type", "fusion"),
+    [("mlp", "early"), ("qformer", "early"), ("perceiver", "cross_attention"), ("mlp", "hybrid")],
+)
+def test_a_prefix_prefilled_once_per_image_answers_each_question_as_alone(images, projector_type, fusion):
+    """Each image's chat up to its image tokens (or marker), prefilled once and copied to its questions (of unequal
+    lengths, so padded between prefix and question), gives the tokens each question gets alone."""
+    model, processor = build_tiny_vlm(projector_type, seed=3, fusion=fusion)
     torch.manual_seed(0)
-    with torch.no_grad():  # weights large enough that every question gets its own tokens
+    with torch.no_grad():  # weights large enough that every question gets its own tokens; the gates open
         for name, parameter in model.named_parameters():
             if parameter.ndim >= 2 and not name.startswith("vision_tower."):
-                parameter.normal_(0, 0.2)
+                parameter.normal_(0, 0.05 if name.startswith("cross_attention_blocks.") else 0.2)
+            elif name.endswith("_gate"):
+                parameter.fill_(0.5)
     model.eval()
     rows = [(image_index, question) for image_index in range(2) for question in QUESTIONS[: 3 + image_index]]
     texts = [
