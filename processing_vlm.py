@@ -298,16 +298,13 @@ class VLMProcessor(ProcessorMixin):
         """
         tile_size = self.image_processor.size["height"]  # the tower's square input
         tiles = [cut_into_tiles(image, tile_size, self.max_tiles, int(self.image_processor.resample)) for image in images]
-        pixel_values = [
-            torch.as_tensor(self.image_processor(per_image, return_tensors="pt", input_data_format="channels_last")[
-                "pixel_values"
-            ])
-            for per_image in tiles
-        ]
-        num_tiles = torch.tensor([len(per_image) for per_image in pixel_values])
-        padded = pixel_values[0].new_zeros(len(images), int(num_tiles.max()), *pixel_values[0].shape[1:])
-        for index, per_image in enumerate(pixel_values):
-            padded[index, : len(per_image)] = per_image
+        num_tiles = torch.tensor([len(per_image) for per_image in tiles])
+        flat = [tile for per_image in tiles for tile in per_image]
+        pixel_values = torch.as_tensor(
+            self.image_processor(flat, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
+        )
+        padded = pixel_values.new_zeros(len(images), int(num_tiles.max()), *pixel_values.shape[1:])
+        padded[torch.arange(padded.shape[1]) < num_tiles[:, None]] = pixel_values
         return {"pixel_values": padded, "num_tiles": num_tiles}
 
     def expand_texts(self, texts: list[str], num_tiles: list[int] | None = None) -> list[str]:
