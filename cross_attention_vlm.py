@@ -18,8 +18,10 @@ from transformers.cache_utils import Cache
 
 try:
     from .configuration_vlm import VLMConfig
+    from .tiling_vlm import pad_tiles
 except ImportError:  # imported as a local module rather than as remote code
     from configuration_vlm import VLMConfig
+    from tiling_vlm import pad_tiles
 
 
 @dataclass
@@ -293,11 +295,6 @@ def group_tiles(
     max_count * num_visual_tokens, dim)` (its tiles in order, zero-padded to the image with the most), and which of
     them hold a tile `(num_images, max_count * num_visual_tokens)`.
     """
-    tokens_per_tile = tile_embeds.shape[1]
-    num_tiles = num_tiles.to(tile_embeds.device)
-    present = torch.arange(int(num_tiles.max()), device=tile_embeds.device) < num_tiles[:, None]
-    grouped = tile_embeds.new_zeros(*present.shape, *tile_embeds.shape[1:])
-    grouped[present] = tile_embeds
-    valid = present.repeat_interleave(tokens_per_tile, dim=1)
-    return grouped.flatten(1, 2), valid
+    grouped, present = pad_tiles(tile_embeds, num_tiles)
+    return grouped.flatten(1, 2), present.repeat_interleave(tile_embeds.shape[1], dim=1)
 

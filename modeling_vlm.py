@@ -426,17 +426,18 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_outputs = None
+        image_outputs, deep_embeds, deep_tiles = None, None, num_tiles  # what the cross-attention blocks read
         if pixel_values is not None or vision_features is not None:
             if input_ids is None:
                 raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
             if pixel_values is not None:
                 pixel_values = flatten_tiles(pixel_values, num_tiles, self.config.max_tiles)
             image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
+            deep_embeds = image_outputs.image_embeds
             if self.config.fusion == "early":
                 inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
             elif self.config.fusion == "hybrid":  # the whole images into the sequence; their tiles read by the blocks
-                whole_images, _, _ = split_thumbnails(image_outputs.image_embeds, num_tiles)
+                whole_images, deep_embeds, deep_tiles = split_thumbnails(image_outputs.image_embeds, num_tiles)
                 inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, whole_images)
         elif input_ids is not None and (input_ids == self.config.image_token_id).any():
             raise ValueError(
@@ -446,11 +447,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
 
         context = None
         if self.config.fusion in DEEP_FUSIONS:
-            image_embeds = image_outputs.image_embeds if image_outputs is not None else None
-            if self.config.fusion == "hybrid" and image_embeds is not None:
-                _, image_embeds, num_tiles = split_thumbnails(image_embeds, num_tiles)
             context = cross_attention_context(
-                self.config, input_ids, inputs_embeds.shape[:2], image_embeds, cache, bool(output_attentions), num_tiles
+                self.config, input_ids, inputs_embeds.shape[:2], deep_embeds, cache, bool(output_attentions), deep_tiles
             )
         outputs = self._run_language_model(
             context,

@@ -12,9 +12,9 @@ from transformers.image_utils import PIL, is_pil_image, load_image  # Pillow as 
 
 
 try:
-    from .tiling_vlm import cut_into_tiles, tile_tags
+    from .tiling_vlm import cut_into_tiles, pad_tiles, tile_tags
 except ImportError:  # imported as a local module rather than as remote code
-    from tiling_vlm import cut_into_tiles, tile_tags
+    from tiling_vlm import cut_into_tiles, pad_tiles, tile_tags
 
 
 IS_TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
@@ -303,9 +303,7 @@ class VLMProcessor(ProcessorMixin):
         pixel_values = torch.as_tensor(
             self.image_processor(flat, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
         )
-        padded = pixel_values.new_zeros(len(images), int(num_tiles.max()), *pixel_values.shape[1:])
-        padded[torch.arange(padded.shape[1]) < num_tiles[:, None]] = pixel_values
-        return {"pixel_values": padded, "num_tiles": num_tiles}
+        return {"pixel_values": pad_tiles(pixel_values, num_tiles)[0], "num_tiles": num_tiles}
 
     def expand_texts(self, texts: list[str], num_tiles: list[int] | None = None) -> list[str]:
         """

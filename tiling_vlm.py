@@ -96,8 +96,23 @@ def flatten_tiles(pixel_values: torch.FloatTensor, num_tiles: torch.LongTensor |
             f"images has 1 to {most} tiles (the thumbnail included); build the inputs with a VLMProcessor of the "
             "model's max_tiles."
         )
-    present = torch.arange(pixel_values.shape[1], device=num_tiles.device) < num_tiles[:, None]
-    return pixel_values[present.to(pixel_values.device)]
+    return pixel_values[tile_slots(num_tiles.to(pixel_values.device), pixel_values.shape[1])]
+
+
+def tile_slots(num_tiles: torch.LongTensor, max_count: int) -> torch.BoolTensor:
+    """Which of each image's `max_count` slots hold one of its `num_tiles` tiles `(num_images, max_count)`."""
+    return torch.arange(max_count, device=num_tiles.device) < num_tiles[:, None]
+
+
+def pad_tiles(tiles: torch.Tensor, num_tiles: torch.LongTensor) -> tuple[torch.Tensor, torch.BoolTensor]:
+    """
+    The flat `tiles` `(total_tiles, ...)`, image after image, as each image's `(num_images, max_count, ...)`,
+    zero-padded to the image with the most, and [`tile_slots`] (the inverse of [`flatten_tiles`]).
+    """
+    present = tile_slots(num_tiles.to(tiles.device), int(num_tiles.max()))
+    padded = tiles.new_zeros(*present.shape, *tiles.shape[1:])
+    padded[present] = tiles
+    return padded, present
 
 def split_thumbnails(
     image_embeds: torch.FloatTensor, num_tiles: torch.LongTensor | None
