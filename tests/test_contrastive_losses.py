@@ -6,10 +6,6 @@ negatives, and over two processes give the loss of the global batch.
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -25,7 +21,7 @@ from contrastive_pretraining.losses import (
     clip_loss,
     sigmoid_loss,
 )
-from tiny_runs import CONFIGS, REPO_ROOT
+from tiny_runs import launch_two_processes
 
 
 IMAGES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -113,15 +109,7 @@ RANK_SCRIPT = textwrap.dedent(
 def test_over_two_processes_the_negatives_are_the_global_batchs(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    completed = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"),
-         "--main_process_port", str(port), str(script)],
-        cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    completed = launch_two_processes([str(script)])
     assert completed.returncode == 0, completed.stderr[-3000:]
     per_process = json.loads(completed.stdout.split("LOSSES", 1)[1].splitlines()[0])
     generator = torch.Generator().manual_seed(0)

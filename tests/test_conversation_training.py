@@ -17,7 +17,7 @@ from data.shapes_vqa import make_shapes_conversations
 from evaluation.vqa_metrics import VQA_SHORT_ANSWER_PROMPT
 from models.tiny import build_tiny_vlm
 from processing_vlm import IGNORE_INDEX
-from tiny_runs import assert_same_weights, saved_weights, tiny_args
+from tiny_runs import assert_same_weights, saved_weights, tiny_args, write_llava_file
 from training import VLMTrainingArguments, train
 from training.conversation_data import (
     ChatCollator,
@@ -154,20 +154,9 @@ def test_a_tiny_run_on_captions_and_questions_learns_to_answer(tmp_path):
 
 def test_a_conversation_only_run_trains_on_a_llava_file_and_answers(tmp_path):
     """LLaVA-1.5's stage-2 shape: a LLaVA JSON as the dataset, the loss on its answers, questions at evaluation."""
+    path = write_llava_file(tmp_path, num_scenes=24, seed=5, extra=[{"id": "no-answer", "conversations": [
+        {"from": "human", "value": "Hi"}]}])  # fmt: skip
     conversations = make_shapes_conversations(24, VQA_SHORT_ANSWER_PROMPT, seed=5)
-    samples = []
-    for row in conversations:
-        names = []
-        for index, image in enumerate(row["images"]):
-            names.append(f"{row['id']}-{index}.png")
-            image.save(tmp_path / names[-1])
-        turns = [{"from": "human" if m["role"] == "user" else "gpt",
-                  "value": "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])}
-                 for m in row["messages"]]  # fmt: skip
-        samples.append({"id": row["id"], "image": names, "conversations": turns})
-    samples.append({"id": "no-answer", "conversations": [{"from": "human", "value": "Hi"}]})
-    path = tmp_path / "llava.json"
-    path.write_text(json.dumps(samples))
     args = tiny_args(
         tmp_path, stage="finetune", dataset=str(path), image_root=str(tmp_path), skip_invalid_conversations=True,
         num_train_epochs=1, per_device_train_batch_size=8, eval_strategy="epoch", eval_vqa="shapes",

@@ -26,7 +26,7 @@ PACKAGE_ORDER = (
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
     "argument_rules", "arguments", "integrity", "feature_cache", "text_feature_cache", "length_grouping", "data",
-    "conversation_data", "pair_data", "model_setup", "checkpointing", "output_dir", "run_lock", "preemption",
+    "conversation_data", "pair_data", "model_setup", "fsdp", "checkpointing", "output_dir", "run_lock", "preemption",
     "saved_models", "telemetry", "question_evaluation", "evaluation", "retrieval_evaluation", "run_data", "results",
     "model_card", "loop", "comparison",
 )  # fmt: skip

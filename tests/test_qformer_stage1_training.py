@@ -5,11 +5,7 @@ that are refused, and the comparison's `qformer_stage1` run.
 """
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_accelerate
 from qformer_pretraining import QFormerForPretraining, QFormerPretrainingProcessor
-from tiny_runs import CONFIGS, REPO_ROOT, assert_same_weights, saved_weights, tiny_args
+from tiny_runs import CONFIGS, assert_same_weights, launch_two_processes, saved_weights, tiny_args
 from training import STAGE1_RUN, train
 from training.model_setup import build_model
 
@@ -167,28 +163,16 @@ accelerator.end_training()  # destroys the process group: gloo can abort at exit
 """
 
 
-def launch_two_cpu_processes(arguments: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"),
-        "--main_process_port", str(port), *arguments,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def test_contrastive_negatives_come_from_every_process_with_gradients_for_the_local_part(tmp_path):
     script = tmp_path / "gather_check.py"
     script.write_text(GATHER_CHECK)
-    completed = launch_two_cpu_processes([str(script)])
+    completed = launch_two_processes([str(script)])
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
 def test_stage1_trains_and_evaluates_retrieval_over_two_processes(tmp_path):
     output_dir = tmp_path / "stage1"
-    completed = launch_two_cpu_processes(
+    completed = launch_two_processes(
         ["train_accelerate.py", "--config", str(CONFIGS / "tiny_shapes.yaml"), "--stage", "qformer_stage1",
          "--projector_type", "qformer", "--use_cpu", "--max_train_samples", "32", "--max_eval_samples", "6",
          "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "2",

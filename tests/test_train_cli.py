@@ -5,7 +5,6 @@ import json
 import math
 import os
 import pty
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
 import train_accelerate
-from tiny_runs import CONFIGS, REPO_ROOT, saved_weights, tiny_args
+from tiny_runs import CONFIGS, REPO_ROOT, launch_two_processes, saved_weights, tiny_args
 from training import train
 from training.checkpointing import latest_checkpoint
 from training.integrity import CheckpointError
@@ -21,23 +20,16 @@ from training.model_setup import build_model
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path):
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
     output_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"),
-        "--main_process_port", str(port), "train_accelerate.py", "--config", str(CONFIGS / "tiny_shapes.yaml"),
+        "train_accelerate.py", "--config", str(CONFIGS / "tiny_shapes.yaml"),
         "--use_cpu", "--max_train_samples", "64", "--max_eval_samples", "5", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "2", "--max_new_tokens", "8",
         "--save_steps", "2", "--report_to", "none", "--output_dir", str(output_dir),
         "--feature_cache_dir", str(tmp_path / "feature_cache"), "--eval_before_training",
         "--max_train_conversations", "16", "--max_eval_questions", "3",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    completed = subprocess.run(
-        command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    completed = launch_two_processes(command)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((output_dir / "training_results.json").read_text())
     assert results["num_processes"] == 2

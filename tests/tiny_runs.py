@@ -1,17 +1,40 @@
 """Helpers of the training tests: tiny offline runs and what they leave on disk."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from data.captions import make_shapes_dataset
+from data.shapes_vqa import make_shapes_conversations
 from evaluation.captioning import caption_messages
+from evaluation.question_answering import VQA_SHORT_ANSWER_PROMPT
 from training import VLMTrainingArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
+TWO_CPU_PROCESSES = CONFIGS / "accelerate" / "cpu.yaml"  # DDP over gloo
+
+
+def launch_two_processes(
+    arguments: list[str], config_file: Path = TWO_CPU_PROCESSES, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file <config_file> <arguments>` in the repository, on a free port, 1 thread each."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+        "--main_process_port", str(port), *arguments,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_args(tmp_path: Path, **overrides) -> VLMTrainingArguments:
@@ -53,3 +76,23 @@ def caption_inputs(processor, num_images: int = 2):
     images = [image.convert("RGB") for image in make_shapes_dataset(num_images, split="test")["image"]]
     prompt = processor.apply_chat_template(caption_messages(), add_generation_prompt=True)
     return processor(images=images, text=[prompt] * num_images, return_tensors="pt")
+
+
+def write_llava_file(directory: Path, num_scenes: int, seed: int = 0, extra: list[dict] | None = None) -> Path:
+    """
+    The shapes conversations about `num_scenes` training scenes as LLaVA's JSON (`directory/llava.json`, its images as
+    PNG files beside it), followed by the `extra` samples.
+    """
+    samples = []
+    for row in make_shapes_conversations(num_scenes, VQA_SHORT_ANSWER_PROMPT, seed=seed):
+        names = []
+        for index, image in enumerate(row["images"]):
+            names.append(f"{row['id']}-{index}.png")
+            image.save(directory / names[-1])
+        turns = [{"from": "human" if m["role"] == "user" else "gpt",
+                  "value": "".join("<image>\n" if p["type"] == "image" else p["text"] for p in m["content"])}
+                 for m in row["messages"]]  # fmt: skip
+        samples.append({"id": row["id"], "image": names, "conversations": turns})
+    path = directory / "llava.json"
+    path.write_text(json.dumps(samples + (extra or [])))
+    return path

@@ -7,7 +7,8 @@ The checkpoints of a run:
   `tmp-checkpoint-{step}` and renamed into place, so [`latest_checkpoint`] never picks a half-written one; the oldest
   are rotated out.
 - [`keep_checkpoints_lean`]: the accelerator's save and load hooks that leave the frozen weights out (they come from
-  the model source, checked by fingerprint); FSDP and DeepSpeed save their own sharded states whole.
+  the model source, checked by fingerprint). FSDP checkpoints are as lean, in shards (`training.fsdp`); DeepSpeed
+  saves its own sharded state, whole.
 - [`find_checkpoint`], [`load_checkpoint`]: verifies a checkpoint (checksums, frozen weights) before anything is
   loaded, then restores it into the prepared objects.
 
@@ -23,11 +24,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, extract_model_from_parallel
+from accelerate.utils import DistributedType, broadcast_object_list, extract_model_from_parallel
 from accelerate.utils.constants import SAFE_MODEL_NAME
 from safetensors.torch import load_file
 from torch import nn
 
+from .fsdp import load_sharded_state, save_sharded_state
 from .integrity import CheckpointError, FrozenWeights, verify_manifest, write_manifest
 
 
@@ -89,7 +91,10 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        save_sharded_state(accelerator, temporary)
+    else:
+        accelerator.save_state(temporary)
     accelerator.wait_for_everyone()  # every process's files are in before the manifest sums them up
     if accelerator.is_main_process:
         with open(os.path.join(temporary, TRAINER_STATE_NAME), "w", encoding="utf-8") as file:
@@ -154,7 +159,10 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str, output_dir: str, 
     with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as file:
         state = TrainerState(**json.load(file))
     check_run_settings(state.run_settings, settings, checkpoint)
-    accelerator.load_state(checkpoint)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        load_sharded_state(accelerator, checkpoint)
+    else:
+        accelerator.load_state(checkpoint)
     if accelerator.is_main_process:
         for step, path in _checkpoints(output_dir):
             if step > state.global_step:
@@ -186,7 +194,8 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
     """
     Registers save and load hooks so that checkpoints hold the trainable parameters only: the frozen ones are left
     out on save (they come from the model source, see [`~training.integrity.FrozenWeights`]) and kept as they are on
-    load, where the checkpoint must hold exactly the trainable parameters. FSDP and DeepSpeed save their own states.
+    load, where the checkpoint must hold exactly the trainable parameters. FSDP checkpoints go through
+    `training.fsdp` instead, and DeepSpeed saves its own states.
     """
 
     # The unwrapped model's names (no `module.` of DDP, no `_orig_mod.` of torch.compile): a checkpoint resumes on any
@@ -202,6 +211,8 @@ def keep_checkpoints_lean(accelerator: Accelerator) -> None:
             load_trainable_parameters(extract_model_from_parallel(model), load_file(path), path)
         models.clear()  # loaded: accelerate must not load them again
 
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return  # FSDP checkpoints go through `training.fsdp`; DeepSpeed saves its own sharded state, whole
     accelerator.register_save_state_pre_hook(save_trainable_only)
     accelerator.register_load_state_pre_hook(load_trainable_only)
 

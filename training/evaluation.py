@@ -18,7 +18,7 @@ from evaluation.captioning import generate_captions
 from processing_vlm import IGNORE_INDEX, VLMProcessor
 
 from .data import EvalSet
-from .model_setup import bare_model
+from .fsdp import whole_model
 from .question_evaluation import evaluate_questions
 
 
@@ -42,14 +42,14 @@ def evaluate(
         metrics["loss"] = validation_loss(accelerator, model, eval_set.loss_loader)
     captions: dict[str, str] = {}
     if predict_with_generate:
-        unwrapped = bare_model(accelerator, model)
-        if eval_set.caption_loader is not None:
-            loader = eval_set.caption_loader
-            captions = caption_images(accelerator, unwrapped, processor, loader, max_new_tokens, prompt)
+        with whole_model(accelerator, model) as whole:
+            if eval_set.caption_loader is not None:
+                loader = eval_set.caption_loader
+                captions = caption_images(accelerator, whole, processor, loader, max_new_tokens, prompt)
+            if eval_set.questions is not None:
+                metrics.update(evaluate_questions(accelerator, whole, processor, eval_set.questions))
         if accelerator.is_main_process and captions:
             metrics.update(score_captions(captions, {i: eval_set.references[i] for i in captions}))
-        if eval_set.questions is not None:
-            metrics.update(evaluate_questions(accelerator, unwrapped, processor, eval_set.questions))
         metrics = broadcast_object_list([metrics])[0]
     model.train()
     return metrics, captions if accelerator.is_main_process else {}

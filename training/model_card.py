@@ -219,6 +219,7 @@ def _results_fields(results: TrainingResults) -> dict[str, str | int]:
         ),
         "hardware": results.hardware,
         "num_processes": results.num_processes,
+        "distributed_type": results.distributed_type,
         "mixed_precision": results.mixed_precision,
         "wall_time_min": f"{results.wall_time_s / 60:.1f}",
         "train_time_min": f"{results.train_time_s / 60:.1f}",

@@ -60,6 +60,7 @@ class TrainingResults:
     max_tiles: int = 1  # dynamic resolution: tiles per image at most (a thumbnail besides when more than one)
     num_train_conversations: int = 0
     saved_step: int | None = None  # the step of the complete model saved in output_dir (None: the last one)
+    distributed_type: str = "NO"  # how the processes shared the work: accelerate's "MULTI_GPU" (DDP), "FSDP", ...
 
     def save(self, output_dir: str) -> str:
         """Writes `training_results.json` into `output_dir`; returns its path."""
@@ -116,6 +117,7 @@ def collect_results(
         samples_per_second=state.samples_seen / max(state.train_time_s, 1e-9),
         hardware=hardware_description(accelerator.device, accelerator.num_processes),
         num_processes=accelerator.num_processes,
+        distributed_type=accelerator.distributed_type.value,
         mixed_precision=str(accelerator.mixed_precision),
         sample_captions=[(image_id, references[image_id][0], caption) for image_id, caption in sample_captions],
         saved_step=saved_step,

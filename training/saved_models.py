@@ -21,6 +21,7 @@ from torch import nn
 from processing_vlm import VLMProcessor
 
 from .checkpointing import TrainerState, load_trainable_parameters, trainable_parameters
+from .fsdp import whole_model
 from .integrity import FrozenWeights
 from .model_setup import bare_model
 
@@ -33,12 +34,13 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 def save_model(accelerator: Accelerator, model: nn.Module, processor: VLMProcessor, directory: str) -> None:
     """`save_pretrained` of the model (a `PeftModel` saves its adapter only) and the processor, from every process."""
-    bare = bare_model(accelerator, model)
-    # FSDP and DeepSpeed gather the full state from their wrapper; otherwise the bare model's names are the saved ones.
-    state_dict = accelerator.get_state_dict(model if accelerator.distributed_type in SHARDED else bare)
-    if accelerator.is_main_process:
-        bare.save_pretrained(directory, state_dict=state_dict)
-        processor.save_pretrained(directory)
+    with whole_model(accelerator, model) as whole:
+        # DeepSpeed gathers the full state from its engine; otherwise the whole model's names are the saved ones.
+        deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+        state_dict = accelerator.get_state_dict(model) if deepspeed else whole.state_dict()
+        if accelerator.is_main_process:
+            whole.save_pretrained(directory, state_dict=state_dict)
+            processor.save_pretrained(directory)
     accelerator.wait_for_everyone()
 
 
