@@ -8,9 +8,11 @@ from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
-FUSION_TYPES = ("early", "cross_attention", "hybrid")
+FUSION_TYPES = ("early", "cross_attention", "hybrid", "visual_expert")
 # The fusions with gated cross-attention blocks in the language model.
 DEEP_FUSIONS = ("cross_attention", "hybrid")
+# The fusions whose images fill their placeholders in the language model's sequence, every tile with its tag.
+SEQUENCE_FUSIONS = ("early", "visual_expert")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 # Vision towers whose token sequence starts with a class token (CLIP's); SigLIP's has none.
 TOWERS_WITH_CLASS_TOKEN = ("clip_vision_model",)
@@ -135,12 +137,18 @@ class VLMConfig(PretrainedConfig):
             the image's high-resolution tiles through gated cross-attention blocks. `"cross_attention"` (Flamingo, Llama 3.2 Vision):
             each image is one marker token in the sequence, and gated cross-attention blocks inserted before some
             decoder layers let every text token attend to the image tokens of the most recent image before it.
+            `"visual_expert"` (CogVLM): the images fill their placeholders as with early fusion, and in the decoder
+            layers of `visual_expert_every` the image positions go through trainable copies of the layer's attention
+            projections and MLP (the visual experts) while the text positions keep the language model's own.
         cross_attention_every (`int`, *optional*, defaults to 4):
             With `fusion="cross_attention"` or `"hybrid"`, a block before every this many decoder layers: before layers
             `every - 1, 2 * every - 1, ...` (OpenFlamingo's placement). Ignored when `cross_attention_layers` is set.
         cross_attention_layers (`list[int]`, *optional*):
             With `fusion="cross_attention"` or `"hybrid"`, the 0-based decoder layers that get a block before them, instead of
             `cross_attention_every` (transformers' Mllama calls its list the same).
+        visual_expert_every (`int`, *optional*, defaults to 1):
+            With `fusion="visual_expert"`, visual experts in every this many decoder layers: layers `0, every,
+            2 * every, ...` (1: every layer, as in CogVLM).
         loss_chunk_size (`int`, *optional*):
             Training loss only: the LM head and cross-entropy run over this many labelled positions at a time
             (`torch.nn.functional.linear_cross_entropy`, torch >= 2.13), so the `(labelled positions, vocab_size)`
@@ -175,6 +183,7 @@ class VLMConfig(PretrainedConfig):
         fusion: str = "early",
         cross_attention_every: int = 4,
         cross_attention_layers: list[int] | None = None,
+        visual_expert_every: int = 1,
         loss_chunk_size: int | None = None,
         **kwargs,
     ):
@@ -201,6 +210,7 @@ class VLMConfig(PretrainedConfig):
         self.fusion = fusion
         self.cross_attention_every = cross_attention_every
         self.cross_attention_layers = list(cross_attention_layers) if cross_attention_layers is not None else None
+        self.visual_expert_every = visual_expert_every
         self.loss_chunk_size = loss_chunk_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
@@ -279,9 +289,11 @@ class VLMConfig(PretrainedConfig):
         """Raises `ValueError` naming the field when the fusion settings are invalid or place no cross-attention."""
         if self.fusion not in FUSION_TYPES:
             raise ValueError(f"Unknown fusion={self.fusion!r}; choose one of {', '.join(map(repr, FUSION_TYPES))}.")
+        for name in ("cross_attention_every", "visual_expert_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid; it must be a positive integer.")
         every = self.cross_attention_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"cross_attention_every={every!r} is invalid; it must be a positive integer.")
         layers, num_layers = self.cross_attention_layers, self.text_config.num_hidden_layers
         if layers is not None and self.fusion not in DEEP_FUSIONS:
             raise ValueError(
@@ -372,6 +384,13 @@ class VLMConfig(PretrainedConfig):
         cross-attention fusion (the visual tokens are then keys and values of the cross-attention blocks).
         """
         return 1 if self.fusion == "cross_attention" else self.num_visual_tokens
+
+    @property
+    def visual_expert_layer_indices(self) -> list[int]:
+        """The decoder layers with visual experts (none but with `fusion="visual_expert"`)."""
+        if self.fusion != "visual_expert":
+            return []
+        return list(range(0, self.text_config.num_hidden_layers, self.visual_expert_every))
 
     @property
     def cross_attention_layer_indices(self) -> list[int]:

@@ -183,10 +183,11 @@ DECODER_LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks")
 # The attribute of the language model's cache that holds a batch's [`VLMImageCache`] with cross-attention fusion.
 IMAGE_CACHE_ATTRIBUTE = "vlm_image_cache"
 
-def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
+def find_decoder_layers(language_model: PreTrainedModel, fusion: str = "cross_attention") -> nn.ModuleList:
     """
     The decoder layers of a causal language model (`layers` in Llama, Qwen2, Mistral, Gemma; `h` in GPT-2;
-    `decoder.layers` in OPT): the `nn.ModuleList` of `num_hidden_layers` modules under its base model.
+    `decoder.layers` in OPT): the `nn.ModuleList` of `num_hidden_layers` modules under its base model. `fusion` (the
+    one that needs them) is named in the `ValueError` raised when they cannot be found.
     """
     base_model, num_layers = language_model.base_model, language_model.config.num_hidden_layers
     for path in DECODER_LAYER_PATHS:
@@ -196,7 +197,7 @@ def find_decoder_layers(language_model: PreTrainedModel) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return module
     raise ValueError(
-        f"fusion='cross_attention' (and 'hybrid') inserts blocks before decoder layers, but the language model "
+        f"fusion={fusion!r} works on the decoder layers, but the language model "
         f"{type(language_model).__name__} has no nn.ModuleList of its {num_layers} layers at any of "
         f"{', '.join(f'{type(base_model).__name__}.{path}' for path in DECODER_LAYER_PATHS)}; use fusion='early' "
         "with this model, or a language model with one of those layouts."

@@ -4,8 +4,8 @@
 An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, vision_dim)` -> `multi_modal_projector`
 image embeddings `(num_images, num_visual_tokens, text_dim)` -> written over the image placeholder embeddings of the
 prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`),
-or both (`"hybrid"`: the whole image in the prompt, its tiles through the blocks) -> `language_model` -> logits of
-the next tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
+or both (`"hybrid"`: the whole image in the prompt, its tiles through the blocks), or written over the placeholders
+and read by visual experts in the decoder layers (`"visual_expert"`) -> `language_model` -> logits of the next tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
 """
 
 import functools
@@ -38,7 +38,7 @@ except ImportError:  # transformers < 5
     from torch.nn import init
 
 try:
-    from .configuration_vlm import DEEP_FUSIONS, VLMConfig
+    from .configuration_vlm import DEEP_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from .cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -50,8 +50,9 @@ try:
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from .tiling_vlm import flatten_tiles, split_thumbnails
+    from .visual_expert_vlm import VLMVisualExperts
 except ImportError:  # imported as a local module rather than as remote code
-    from configuration_vlm import DEEP_FUSIONS, VLMConfig
+    from configuration_vlm import DEEP_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -63,6 +64,7 @@ except ImportError:  # imported as a local module rather than as remote code
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from tiling_vlm import flatten_tiles, split_thumbnails
+    from visual_expert_vlm import VLMVisualExperts
 
 
 # transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
@@ -248,7 +250,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     layer) that forward pre-hooks run before the chosen decoder layers: the language model's code, weights and
     state-dict keys are untouched. With `"hybrid"` (NVLM-H), the whole image (its thumbnail, with tiles) fills its
     placeholders as with early fusion, and the text from the image on reads its high-resolution tiles through the
-    blocks.
+    blocks. With `"visual_expert"` (CogVLM), the images fill their placeholders as with early fusion, and in the
+    decoder layers of `config.visual_expert_layer_indices` the image positions go through [`VLMVisualExperts`]
+    (copies of the layer's attention projections and MLP) instead of the language model's own.
     """
 
     def __init__(self, config: VLMConfig):
@@ -260,8 +264,22 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self._cross_attention_context: VLMCrossAttentionContext | None = None
         self._cross_attention_hooks: list = []
         self.attach_cross_attention_blocks()
+        self.visual_experts = self.build_visual_experts()
         self.post_init()
+        if self.visual_experts is not None:  # the experts start as the language model's own weights
+            self.visual_experts.copy_from(self.language_model)
         self.suppress_image_token()
+
+    def build_visual_experts(self) -> VLMVisualExperts | None:
+        """
+        The visual experts of `language_model`, copies of its current weights (`None` but with
+        `fusion="visual_expert"`); the hooks of experts built for an earlier language model are removed first.
+        Raises `ValueError` when its decoder layers or their projections cannot be found.
+        """
+        if getattr(self, "visual_experts", None) is not None:
+            self.visual_experts.detach_hooks()
+        layers = self.config.visual_expert_layer_indices
+        return VLMVisualExperts(self.language_model, layers) if layers else None
 
     def attach_cross_attention_blocks(self) -> None:
         """
@@ -274,7 +292,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self._cross_attention_hooks = []
         if not self.config.cross_attention_layer_indices:
             return
-        layers = find_decoder_layers(self.language_model)
+        layers = find_decoder_layers(self.language_model, self.config.fusion)
         for layer in self.config.cross_attention_layer_indices:
             hook = functools.partial(self._run_cross_attention_block, layer)
             self._cross_attention_hooks.append(layers[layer].register_forward_pre_hook(hook, with_kwargs=True))
@@ -434,7 +452,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
                 pixel_values = flatten_tiles(pixel_values, num_tiles, self.config.max_tiles)
             image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
             deep_embeds = image_outputs.image_embeds
-            if self.config.fusion == "early":
+            if self.config.fusion in SEQUENCE_FUSIONS:
                 inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
             elif self.config.fusion == "hybrid":  # the whole images into the sequence; their tiles read by the blocks
                 whole_images, deep_embeds, deep_tiles = split_thumbnails(image_outputs.image_embeds, num_tiles)
@@ -450,9 +468,13 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             context = cross_attention_context(
                 self.config, input_ids, inputs_embeds.shape[:2], deep_embeds, cache, bool(output_attentions), deep_tiles
             )
+        image_positions = None  # where the visual experts take over
+        if self.visual_experts is not None and image_outputs is not None:
+            image_positions = input_ids == self.config.image_token_id
         outputs = self._run_language_model(
             context,
             num_cached_tokens,
+            image_positions,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -489,19 +511,29 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         )
 
     def _run_language_model(
-        self, context: VLMCrossAttentionContext | None, num_cached_tokens: int, **model_kwargs
+        self,
+        context: VLMCrossAttentionContext | None,
+        num_cached_tokens: int,
+        image_positions: torch.BoolTensor | None,
+        **model_kwargs,
     ) -> ModelOutput:
         """
-        The language model's base model on `model_kwargs`, its cross-attention blocks (if any) reading `context`; the
-        images of a first call (`num_cached_tokens == 0`) are attached to the returned cache for the decoding steps.
+        The language model's base model on `model_kwargs`, its cross-attention blocks (if any) reading `context` and its
+        visual experts (if any) taking over at `image_positions` `(batch_size, sequence_length)`; the images of a first
+        call (`num_cached_tokens == 0`) are attached to the returned cache for the decoding steps.
         """
         self._cross_attention_context = context
+        if self.visual_experts is not None:
+            self.visual_experts.image_positions = image_positions
         try:
             outputs = self.language_model.base_model(**model_kwargs)
         finally:
-            # Gradient checkpointing re-runs the blocks in backward, so a training step keeps the context until the next.
-            if context is not None and not (self.training and self._is_checkpointing_activations()):
+            # Gradient checkpointing re-runs the layers in backward, so a training step keeps what they read until the
+            # next one.
+            if not (self.training and self._is_checkpointing_activations()):
                 self._cross_attention_context = None
+                if self.visual_experts is not None:
+                    self.visual_experts.image_positions = None
         cache = getattr(outputs, CACHE_NAME)
         if self.config.fusion in DEEP_FUSIONS and cache is not None and num_cached_tokens == 0:
             setattr(cache, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
@@ -625,7 +657,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         A new model whose vision tower and language model are loaded from pretrained checkpoints (Hub ids or local
         directories) and whose projector (and, with `fusion="cross_attention"`, gated cross-attention blocks) is
-        freshly initialised, with the matching [`VLMProcessor`]. `config_kwargs` are further [`VLMConfig`] settings.
+        freshly initialised (and, with `fusion="visual_expert"`, visual experts copied from the language model), with
+        the matching [`VLMProcessor`]. `config_kwargs` are further [`VLMConfig`] settings.
 
         The vision checkpoint may be a vision-only model or a dual encoder (e.g. `google/siglip-base-patch16-224`),
         whose vision half is used. `image_token` is added to the tokenizer and the embeddings are resized if needed.
@@ -657,6 +690,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         model.cross_attention_blocks.apply(model._init_weights)
         model.cross_attention_blocks.to(dtype or torch.float32)
         model.attach_cross_attention_blocks()
+        model.visual_experts = model.build_visual_experts()
         model.generation_config = language_model.generation_config
         model.suppress_image_token()
         model.tie_weights()

@@ -12,8 +12,10 @@ from transformers.image_utils import PIL, is_pil_image, load_image  # Pillow as 
 
 
 try:
+    from .configuration_vlm import SEQUENCE_FUSIONS
     from .tiling_vlm import cut_into_tiles, pad_tiles, tile_tags
 except ImportError:  # imported as a local module rather than as remote code
+    from configuration_vlm import SEQUENCE_FUSIONS
     from tiling_vlm import cut_into_tiles, pad_tiles, tile_tags
 
 
@@ -198,8 +200,9 @@ class VLMProcessor(ProcessorMixin):
             thumbnail when there is more than one (`tiling_vlm`); must equal the model's `config.max_tiles`. 1 keeps
             the whole image, resized.
         fusion (`str`, *optional*, defaults to `"early"`):
-            The model's `config.fusion`. With tiles and early fusion, each tile gets its tag and its placeholders in
-            the text; with cross-attention fusion an image stays one marker, whose tokens are all its tiles'.
+            The model's `config.fusion`. With tiles and early (or visual-expert) fusion, each tile gets its tag and its
+            placeholders in the text; with cross-attention fusion an image stays one marker, whose tokens are all its
+            tiles'.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -325,11 +328,12 @@ class VLMProcessor(ProcessorMixin):
 
     def tiled_image_text(self, num_tiles: int) -> str:
         """
-        The text of an image of `num_tiles` tiles: with early fusion each tile's tag, then its placeholders; otherwise
-        the image's own placeholders (hybrid fusion: the thumbnail's; cross-attention: its one marker).
+        The text of an image of `num_tiles` tiles: with early (or visual-expert) fusion each tile's tag, then its
+        placeholders; otherwise the image's own placeholders (hybrid fusion: the thumbnail's; cross-attention: its one
+        marker).
         """
         placeholders = self.image_token * self.num_image_tokens
-        if self.fusion != "early":
+        if self.fusion not in SEQUENCE_FUSIONS:
             return placeholders
         return "".join(tag + placeholders for tag in tile_tags(num_tiles))
 

@@ -16,13 +16,14 @@ first run as baseline. Its value is a comma-separated list of items, each one of
 
 - a run name: a projector type (`linear`, `mlp`, `qformer`, `perceiver`) for the `--config` run with that
   projector and early fusion, `<projector>_xattn` (e.g. `perceiver_xattn`) for it with gated cross-attention
-  fusion, or `qformer_stage1` for BLIP-2's Q-Former stage 1 (into `<output_dir>/qformer_stage1/stage1`, same data,
-  seed, batch size, learning rate and epochs) then the `qformer` run starting from it, or `<projector>_contrastive`
-  (e.g. `mlp_contrastive`) for the vision tower first trained contrastively (seed 001's first stage, into
-  `<output_dir>/<name>/stage1`) then the `<projector>` run on it, or `<projector>_tiles` / `<projector>_hybrid`
-  (e.g. `mlp_hybrid`) for it with up to 4 tiles and a thumbnail per image, every tile in the sequence or (NVLM's
-  hybrid) the thumbnail in the sequence and the tiles through gated cross-attention, in `<output_dir>/<name>`;
-  `all` is the four projectors, `perceiver_xattn` and `qformer_stage1`;
+  fusion, `<projector>_expert` (e.g. `mlp_expert`) for it with CogVLM's visual experts, or `qformer_stage1` for
+  BLIP-2's Q-Former stage 1 (into `<output_dir>/qformer_stage1/stage1`, same data, seed, batch size, learning rate
+  and epochs) then the `qformer` run starting from it, or `<projector>_contrastive` (e.g. `mlp_contrastive`) for the
+  vision tower first trained contrastively (seed 001's first stage, into `<output_dir>/<name>/stage1`) then the
+  `<projector>` run on it, or `<projector>_tiles` / `<projector>_hybrid` (e.g. `mlp_hybrid`) for it with up to 4
+  tiles and a thumbnail per image, every tile in the sequence or (NVLM's hybrid) the thumbnail in the sequence and
+  the tiles through gated cross-attention, in `<output_dir>/<name>`; `all` is the four projectors, `perceiver_xattn`
+  and `qformer_stage1`;
 - a YAML file: that run;
 - a family prefix such as `configs/coco`: the files `configs/coco_<name>.yaml` that exist.
 

@@ -103,7 +103,7 @@ def format_report(report: dict[str, Any]) -> str:
             ((r["projector"], r["batch_size"], r["num_captions"], r["max_new_tokens"], f"{r['captions_per_s']:.2f}")
              for r in report["generation"]),
         ),
-        "Early vs cross-attention fusion at the same visual budget (align; largest batch):\n" + markdown_table(
+        "Early vs deep fusion at the same visual budget (align; largest batch):\n" + markdown_table(
             ("run", "fusion", "batch", "LLM seq len", "trainable params", "samples/s", "peak MB", "captions/s"),
             ((r["run"], r["fusion"], r["batch_size"], r["sequence_length"], f"{r['trainable_parameters']:,}",
               f"{r['samples_per_s']:.2f}", f"{r['peak_memory_mb']:.0f}",
@@ -139,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke test on CPU, not a timing")
     parser.add_argument(
-        "--projectors", nargs="+", choices=RUN_NAMES, help="runs: projector types, or <projector>_xattn for "
-        "cross-attention fusion; default: the four projectors and perceiver_xattn"
+        "--projectors", nargs="+", choices=RUN_NAMES, help="runs: projector types, <projector>_xattn for "
+        "cross-attention fusion, <projector>_expert for visual experts; default: the four projectors and "
+        "perceiver_xattn"
     )
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="training and vision batch sizes")
     parser.add_argument("--output", help="JSON file for the report")

@@ -97,6 +97,7 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         ("mlp", "tiles", {"max_tiles": 4}),  # dynamic resolution, early fusion: tags and placeholders per tile
         ("perceiver", "cross_attention-tiles", {"fusion": "cross_attention", "max_tiles": 4}),
         ("mlp", "hybrid", {"fusion": "hybrid", "max_tiles": 4}),  # NVLM-H: the thumbnail early, the tiles deep
+        ("qformer", "visual_expert", {"fusion": "visual_expert"}),  # CogVLM: the image positions through experts
     ]
     for projector_type, name, settings in builds:
         fusion = "cross_attention" if name == "cross_attention" else "early"
@@ -104,12 +105,14 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         with torch.no_grad():  # open the gates, so that wrongly loaded blocks or masks would change the logits
             for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("_gate")):
                 parameter.fill_(0.3 + 0.1 * index)
+            for parameter in model.visual_experts.parameters() if model.visual_experts is not None else []:
+                parameter.add_(0.05)  # experts unlike the language model's own, so that a lost expert would show
         directory = tmp_path / f"vlm-{projector_type}-{name}"
         model.save_pretrained(directory)
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))
         hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py",
-                     "processing_vlm.py", "tiling_vlm.py"}
+                     "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py"}
         assert hub_files | {"model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

@@ -5,6 +5,7 @@ masking, generation with the keys and values cached once, and the errors of bad 
 
 import pytest
 import torch
+from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch
 
 from configuration_vlm import VLMConfig
 from cross_attention_vlm import IMAGE_CACHE_ATTRIBUTE, cross_attention_context
@@ -185,21 +186,11 @@ def test_beam_search_runs_over_the_cached_images(images):
 
 def test_gradient_checkpointing_gives_the_same_gradients(images):
     model, processor = build_deep_vlm()
-    model.train()
-    texts = [processor.apply_chat_template(caption_messages(caption=c)) for c in ("red.", "blue.")]
-    batch = processor(images=images[:2], text=texts, return_tensors="pt")
-    batch["labels"] = processor.build_labels(batch["input_ids"])
-
-    def block_grads():
-        model.zero_grad()
-        model(**batch).loss.backward()
-        return [p.grad.clone() for p in model.cross_attention_blocks.parameters()]
-
-    reference = block_grads()
-    assert all(grad.abs().sum() > 0 for grad in reference)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for expected, actual in zip(reference, block_grads()):
-        torch.testing.assert_close(actual, expected)
+    batch = labelled_caption_batch(processor, images[:2])
+    reference, checkpointed = gradients_without_and_with_checkpointing(model, batch, model.cross_attention_blocks)
+    assert all(grad.abs().sum() > 0 for grad in reference.values())
+    for name, grad in checkpointed.items():
+        torch.testing.assert_close(grad, reference[name], msg=name)
 
 
 def test_marker_count_must_match_the_images(images):

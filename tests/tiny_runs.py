@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,7 +16,7 @@ from data.captions import make_shapes_dataset
 from data.shapes_vqa import make_shapes_conversations
 from evaluation.captioning import caption_messages
 from evaluation.question_answering import VQA_SHORT_ANSWER_PROMPT
-from training import VLMTrainingArguments
+from training import VLMTrainingArguments, train
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +98,30 @@ def write_llava_file(directory: Path, num_scenes: int, seed: int = 0, extra: lis
     path = directory / "llava.json"
     path.write_text(json.dumps(samples + (extra or [])))
     return path
+
+
+def resumed_weights(args: VLMTrainingArguments, step: int, directory: Path) -> dict[str, torch.Tensor]:
+    """The final weights of the run of `args` resumed, in `directory`, from a copy of its `checkpoint-{step}`."""
+    name = f"checkpoint-{step}"
+    shutil.copytree(Path(args.output_dir) / name, directory / name)
+    train(replace(args, output_dir=str(directory), resume_from_checkpoint="latest", eval_before_training=False))
+    return saved_weights(directory)
+
+
+def assert_trains_only(
+    output_dir: Path, initial: dict[str, torch.Tensor], trained: tuple[str, ...], idle: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
+    """
+    The final weights of the run in `output_dir` (started from the state dict `initial`), checked: every weight under
+    the `trained` prefixes moved (but those under `idle`, which get no gradient) and every other one stayed; its
+    `checkpoint-4` holds exactly the `trained` ones.
+    """
+    weights = saved_weights(output_dir)
+    assert set(weights) == set(initial) - {"language_model.lm_head.weight"}  # tied to the input embeddings
+    for name, tensor in weights.items():
+        if name.startswith(trained) and not name.startswith(idle):
+            assert not torch.equal(tensor, initial[name]), f"{name} did not train"
+        else:
+            assert torch.equal(tensor, initial[name]), f"frozen {name} changed"
+    assert set(saved_weights(output_dir / "checkpoint-4")) == {name for name in initial if name.startswith(trained)}
+    return weights

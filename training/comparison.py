@@ -11,7 +11,7 @@ in tiles ([`TILED_RUNS`]).
 import os
 from dataclasses import replace
 
-from configuration_vlm import PROJECTOR_TYPES
+from configuration_vlm import PROJECTOR_TYPES, SEQUENCE_FUSIONS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE
 from evaluation.markdown_tables import format_score, markdown_table
 
@@ -34,9 +34,13 @@ QUESTION_COLUMNS = {
 }
 """The question columns of the table (when the runs answered questions) and the metric each shows."""
 
-CROSS_ATTENTION_SUFFIX = "_xattn"
-RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{CROSS_ATTENTION_SUFFIX}" for projector in PROJECTOR_TYPES))
-"""The runs `--compare` knows by name: each projector with early fusion, and with cross-attention (`<name>_xattn`)."""
+CROSS_ATTENTION_SUFFIX, VISUAL_EXPERT_SUFFIX = "_xattn", "_expert"
+FUSION_SUFFIXES = {CROSS_ATTENTION_SUFFIX: "cross_attention", VISUAL_EXPERT_SUFFIX: "visual_expert"}
+RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{suffix}" for suffix in FUSION_SUFFIXES for projector in PROJECTOR_TYPES))
+"""
+The runs `--compare` knows by name: each projector with early fusion, with cross-attention (`<name>_xattn`) and with
+CogVLM's visual experts (`<name>_expert`).
+"""
 ALL_RUNS = (*PROJECTOR_TYPES, f"perceiver{CROSS_ATTENTION_SUFFIX}")
 """The bridges: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""
 STAGE1_RUN = "qformer_stage1"
@@ -73,8 +77,10 @@ def run_settings(name: str) -> dict[str, str]:
     if name not in RUN_NAMES:
         known = ", ".join((*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS))
         raise ValueError(f"Unknown run {name!r}; choose one of {known}.")
-    projector_type = name.removesuffix(CROSS_ATTENTION_SUFFIX)
-    return {"projector_type": projector_type, "fusion": "early" if name == projector_type else "cross_attention"}
+    for suffix, fusion in FUSION_SUFFIXES.items():
+        if name.endswith(suffix):
+            return {"projector_type": name.removesuffix(suffix), "fusion": fusion}
+    return {"projector_type": name, "fusion": "early"}
 
 
 def named_runs(base: VLMTrainingArguments, name: str) -> list[VLMTrainingArguments]:
@@ -149,7 +155,7 @@ def _row(
     questions: dict[str, str],
 ) -> list[str]:
     per_tile = " per tile" if result.max_tiles > 1 else ""  # each tile's, and the thumbnail's, when tiled
-    llm_tokens = f"{result.num_image_tokens}{per_tile if result.fusion == 'early' else ''}"
+    llm_tokens = f"{result.num_image_tokens}{per_tile if result.fusion in SEQUENCE_FUSIONS else ''}"
     return [
         name, result.projector_type, result.fusion, llm_tokens, f"{result.num_visual_tokens}{per_tile}",
         f"{result.trainable_parameters:,}", steps,

@@ -236,6 +236,12 @@ def _bridge_sentence(results: TrainingResults) -> str:
             f"{results.num_image_tokens} tokens in the language model's input, its tiles read through gated\n"
             f"cross-attention before decoder layers {layers}"
         )
+    if results.fusion == "visual_expert":
+        return (
+            f"a **{results.projector_type}** projector and **visual experts** (deep fusion, as in CogVLM): the\n"
+            f"{results.num_image_tokens} image tokens per image in the language model's input go through their own\n"
+            f"attention projections and MLP in decoder layers {', '.join(map(str, results.visual_expert_layers or []))}"
+        )
     if results.fusion != "cross_attention":
         return f"a **{results.projector_type}** projector\n({results.num_image_tokens} image tokens per image)"
     return (

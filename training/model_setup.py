@@ -42,6 +42,7 @@ COMPONENTS = {
     "vision_tower": "vision",
     "multi_modal_projector": "projector",
     "cross_attention_blocks": "projector",
+    "visual_experts": "projector",
     "language_model": "llm",
 }
 """
@@ -197,13 +198,20 @@ def configure_trainable_parameters(
     lora: LoraConfig | None = None,
 ) -> nn.Module:
     """
-    Freezes everything but what `stage` trains: the projector and any cross-attention blocks (`align`), those and the
-    language model (`finetune`), or those and the `lora` adapters on the language model (`lora`, returns a
-    `PeftModel`). The vision tower trains too with `unfreeze_vision`.
+    Freezes everything but what `stage` trains: the projector and any cross-attention blocks or visual experts
+    (`align`), those and the language model (`finetune`), or those and the `lora` adapters on the language model
+    (`lora`, returns a `PeftModel`). The vision tower trains too with `unfreeze_vision`.
     """
+    if stage == "lora" and model.visual_experts is not None:
+        raise ValueError(
+            "stage='lora' with fusion='visual_expert': the adapters would wrap the language model's projections that "
+            "the visual experts stand in for at image positions; train the experts with stage 'align' or 'finetune'."
+        )
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
     model.cross_attention_blocks.requires_grad_(True)
+    if model.visual_experts is not None:
+        model.visual_experts.requires_grad_(True)
     if stage == "finetune":
         model.language_model.requires_grad_(True)
     if unfreeze_vision:

@@ -58,6 +58,7 @@ class TrainingResults:
     num_visual_tokens: int | None = None  # projector tokens per image (the keys and values with cross-attention)
     cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
     max_tiles: int = 1  # dynamic resolution: tiles per image at most (a thumbnail besides when more than one)
+    visual_expert_layers: list[int] | None = None  # decoder layers with visual experts (fusion "visual_expert")
     num_train_conversations: int = 0
     saved_step: int | None = None  # the step of the complete model saved in output_dir (None: the last one)
     distributed_type: str = "NO"  # how the processes shared the work: accelerate's "MULTI_GPU" (DDP), "FSDP", ...
@@ -145,6 +146,7 @@ def bridge_fields(model: VLMForConditionalGeneration | QFormerForPretraining) ->
         "num_visual_tokens": config.num_visual_tokens,
         "cross_attention_layers": config.cross_attention_layer_indices,
         "max_tiles": config.max_tiles,
+        "visual_expert_layers": config.visual_expert_layer_indices,
     }
 
 
@@ -158,6 +160,9 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
         return f"qformer stage 1 ({' + '.join(model.config.active_objectives)})"
     if fields["fusion"] == "early":
         return f"{fields['projector_type']} projector"
+    if fields["fusion"] == "visual_expert":
+        layers = ", ".join(map(str, fields["visual_expert_layers"]))
+        return f"{fields['projector_type']} projector + visual experts in decoder layers {layers}"
     layers = ", ".join(map(str, fields["cross_attention_layers"] or []))
     hybrid = "the whole image in the sequence, its tiles through " if fields["fusion"] == "hybrid" else ""
     return f"{fields['projector_type']} projector + {hybrid}gated cross-attention before decoder layers {layers}"
