@@ -5,7 +5,8 @@ An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, v
 image embeddings `(num_images, num_visual_tokens, text_dim)` -> written over the image placeholder embeddings of the
 prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`),
 or both (`"hybrid"`: the whole image in the prompt, its tiles through the blocks), or written over the placeholders
-and read by visual experts in the decoder layers (`"visual_expert"`) -> `language_model` -> logits of the next tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
+and read by visual experts in the decoder layers (`"visual_expert"`) -> `language_model` -> logits of the next
+tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
 """
 
 import functools

@@ -6,6 +6,12 @@ from torch import nn
 from evaluation.captioning import caption_messages
 
 
+def prompt_batch(processor, images, texts=None) -> dict[str, torch.Tensor]:
+    """`images` with `texts` (by default the captioning prompt, one per image), as the processor batches them."""
+    texts = texts or [processor.apply_chat_template(caption_messages(), add_generation_prompt=True)] * len(images)
+    return processor(images=images, text=texts, return_tensors="pt")
+
+
 def labelled_caption_batch(processor, images, captions=("red.", "blue.")) -> dict[str, torch.Tensor]:
     """A training batch: `images` with `captions` (one each) in the chat, labels on the captions."""
     texts = [processor.apply_chat_template(caption_messages(caption=caption)) for caption in captions]

@@ -5,7 +5,7 @@ masking, generation with the keys and values cached once, and the errors of bad 
 
 import pytest
 import torch
-from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch
+from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch, prompt_batch
 
 from configuration_vlm import VLMConfig
 from cross_attention_vlm import IMAGE_CACHE_ATTRIBUTE, cross_attention_context
@@ -23,11 +23,6 @@ def build_deep_vlm(projector_type: str = "perceiver", gate: float | None = 0.7, 
                 block.attention_gate.fill_(gate)
                 block.ffn_gate.fill_(-gate)
     return model, processor
-
-
-def prompt_batch(processor, images, texts=None):
-    texts = texts or [processor.apply_chat_template(caption_messages(), add_generation_prompt=True)] * len(images)
-    return processor(images=images, text=texts, return_tensors="pt")
 
 
 def two_image_text(processor) -> str:

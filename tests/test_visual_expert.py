@@ -6,7 +6,7 @@ early fusion; generation and the errors of bad input (training: `test_visual_exp
 
 import pytest
 import torch
-from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch
+from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch, prompt_batch
 from PIL import Image
 
 from configuration_vlm import VLMConfig
@@ -24,11 +24,6 @@ def build_expert_vlm(projector_type: str = "mlp", shift: float | None = 0.05, se
             for parameter in model.visual_experts.parameters():
                 parameter.add_(shift)
     return model, processor
-
-
-def prompt_batch(processor, images, texts=None):
-    texts = texts or [processor.apply_chat_template(caption_messages(), add_generation_prompt=True)] * len(images)
-    return processor(images=images, text=texts, return_tensors="pt")
 
 
 def test_experts_copy_every_layer_and_leave_the_language_models_keys_alone():
