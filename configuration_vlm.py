@@ -8,9 +8,13 @@ from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
-FUSION_TYPES = ("early", "cross_attention", "hybrid", "visual_expert")
+FUSION_TYPES = ("early", "cross_attention", "hybrid", "visual_expert", "adapter")
 # The fusions with gated cross-attention blocks in the language model.
 DEEP_FUSIONS = ("cross_attention", "hybrid")
+# The fusions whose decoder layers read each image's visual tokens as keys and values, kept with the cache.
+KEY_VALUE_FUSIONS = (*DEEP_FUSIONS, "adapter")
+# The fusions where an image is one marker token in the language model's sequence.
+MARKER_FUSIONS = ("cross_attention", "adapter")
 # The fusions whose images fill their placeholders in the language model's sequence, every tile with its tag.
 SEQUENCE_FUSIONS = ("early", "visual_expert")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
@@ -140,6 +144,9 @@ class VLMConfig(PretrainedConfig):
             `"visual_expert"` (CogVLM): the images fill their placeholders as with early fusion, and in the decoder
             layers of `visual_expert_every` the image positions go through trainable copies of the layer's attention
             projections and MLP (the visual experts) while the text positions keep the language model's own.
+            `"adapter"` (LLaMA-Adapter V2): each image is one marker token, and in the top `adapter_num_layers`
+            decoder layers learned adaption prompts plus the image's visual tokens are extra keys and values of the
+            self-attention, in a softmax of their own scaled by a zero-initialised gate per head.
         cross_attention_every (`int`, *optional*, defaults to 4):
             With `fusion="cross_attention"` or `"hybrid"`, a block before every this many decoder layers: before layers
             `every - 1, 2 * every - 1, ...` (OpenFlamingo's placement). Ignored when `cross_attention_layers` is set.
@@ -149,6 +156,9 @@ class VLMConfig(PretrainedConfig):
         visual_expert_every (`int`, *optional*, defaults to 1):
             With `fusion="visual_expert"`, visual experts in every this many decoder layers: layers `0, every,
             2 * every, ...` (1: every layer, as in CogVLM).
+        adapter_num_layers (`int`, *optional*):
+            With `fusion="adapter"`, adaption prompts in the top this many decoder layers (LLaMA-Adapter's L: 30 of
+            LLaMA-7B's 32); `None`: every layer.
         loss_chunk_size (`int`, *optional*):
             Training loss only: the LM head and cross-entropy run over this many labelled positions at a time
             (`torch.nn.functional.linear_cross_entropy`, torch >= 2.13), so the `(labelled positions, vocab_size)`
@@ -184,6 +194,7 @@ class VLMConfig(PretrainedConfig):
         cross_attention_every: int = 4,
         cross_attention_layers: list[int] | None = None,
         visual_expert_every: int = 1,
+        adapter_num_layers: int | None = None,
         loss_chunk_size: int | None = None,
         **kwargs,
     ):
@@ -211,12 +222,14 @@ class VLMConfig(PretrainedConfig):
         self.cross_attention_every = cross_attention_every
         self.cross_attention_layers = list(cross_attention_layers) if cross_attention_layers is not None else None
         self.visual_expert_every = visual_expert_every
+        self.adapter_num_layers = adapter_num_layers
         self.loss_chunk_size = loss_chunk_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         self.validate_projector()
         self.validate_vision_features()
         self.validate_fusion()
+        self.validate_adapter()
 
     def validate_projector(self) -> None:
         """Raises `ValueError` naming the field, its value and what is allowed when a projector setting is invalid."""
@@ -321,6 +334,21 @@ class VLMConfig(PretrainedConfig):
                 f"num_attention_heads ({num_heads}), which must divide it."
             )
 
+    def validate_adapter(self) -> None:
+        """Raises `ValueError` naming the field when `adapter_num_layers` is invalid or set without adapter fusion."""
+        adapted, num_layers = self.adapter_num_layers, self.text_config.num_hidden_layers
+        if adapted is not None and self.fusion != "adapter":
+            raise ValueError(
+                f"adapter_num_layers={adapted!r} is set but fusion={self.fusion!r}; set fusion='adapter' or leave "
+                "adapter_num_layers out."
+            )
+        valid = isinstance(adapted, int) and not isinstance(adapted, bool) and 0 < adapted <= num_layers
+        if adapted is not None and not valid:
+            raise ValueError(
+                f"adapter_num_layers={adapted!r} is invalid; it must be an integer in [1, {num_layers}] (the language "
+                f"model has {num_layers} layers), or None for every layer."
+            )
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "VLMConfig":
         """A saved config (`config.json`, what `from_pretrained` reads), refused when it lacks a required field."""
@@ -381,9 +409,10 @@ class VLMConfig(PretrainedConfig):
     def num_image_tokens(self) -> int:
         """
         Language-model positions one image occupies: its `num_visual_tokens` with early fusion, one marker token with
-        cross-attention fusion (the visual tokens are then keys and values of the cross-attention blocks).
+        cross-attention or adapter fusion (the visual tokens are then keys and values of the cross-attention blocks or
+        of the adaption prompts).
         """
-        return 1 if self.fusion == "cross_attention" else self.num_visual_tokens
+        return 1 if self.fusion in MARKER_FUSIONS else self.num_visual_tokens
 
     @property
     def visual_expert_layer_indices(self) -> list[int]:
@@ -391,6 +420,14 @@ class VLMConfig(PretrainedConfig):
         if self.fusion != "visual_expert":
             return []
         return list(range(0, self.text_config.num_hidden_layers, self.visual_expert_every))
+
+    @property
+    def adapter_layer_indices(self) -> list[int]:
+        """The decoder layers with adaption prompts (none but with `fusion="adapter"`): the top `adapter_num_layers`."""
+        if self.fusion != "adapter":
+            return []
+        num_layers = self.text_config.num_hidden_layers
+        return list(range(num_layers - (self.adapter_num_layers or num_layers), num_layers))
 
     @property
     def cross_attention_layer_indices(self) -> list[int]:

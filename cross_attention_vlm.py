@@ -204,6 +204,18 @@ def find_decoder_layers(language_model: PreTrainedModel, fusion: str = "cross_at
     )
 
 
+def check_fusion_batch(batch_shape: tuple[int, ...], hidden_states: torch.Tensor, layer: int, reader: str) -> None:
+    """
+    Raises `RuntimeError` when decoder layer `layer` gets hidden states of another `(batch, seq)` than the `batch_shape`
+    the fusion's `reader` (blocks, prompts, experts) was given its inputs for: the language model was called alone.
+    """
+    if tuple(hidden_states.shape[:2]) != tuple(batch_shape):
+        raise RuntimeError(
+            f"The {reader}' inputs are for a {tuple(batch_shape)} batch but decoder layer {layer} got hidden states of "
+            f"shape {tuple(hidden_states.shape)}: call the VLM, not its language_model, to run images through it."
+        )
+
+
 def cross_attention_context(
     config: VLMConfig,
     input_ids: torch.LongTensor | None,
@@ -214,15 +226,15 @@ def cross_attention_context(
     num_tiles: torch.LongTensor | None = None,
 ) -> VLMCrossAttentionContext | None:
     """
-    What the cross-attention blocks read for an input of `input_shape` `(batch, seq)`: the `image_embeds`
-    `(num_images, num_visual_tokens, dim)` of a first call (or of every tile, `(total_tiles, num_visual_tokens, dim)`,
-    with `num_tiles` per image), or the images cached at the prefill step of `cache`. `None` when no image precedes any
-    token.
+    What the cross-attention blocks (or the adaption prompts) read for an input of `input_shape` `(batch, seq)`: the
+    `image_embeds` `(num_images, num_visual_tokens, dim)` of a first call (or of every tile, `(total_tiles,
+    num_visual_tokens, dim)`, with `num_tiles` per image), or the images cached at the prefill step of `cache`. `None`
+    when no image precedes any token.
     """
     is_decoding = cache is not None and cache.get_seq_length() > 0
     if is_decoding and image_embeds is not None:
         raise ValueError(
-            "With fusion='cross_attention', images are read at the first call of a sequence (the prefill step); "
+            f"With fusion={config.fusion!r}, images are read at the first call of a sequence (the prefill step); "
             "this call continues a cached sequence. Start a new sequence with all its images instead."
         )
     if is_decoding:
@@ -271,7 +283,7 @@ def arrange_images(
     if int(counts.sum()) != num_images:
         raise ValueError(
             f"The input has {int(counts.sum())} image marker tokens ({config.image_token!r}, id "
-            f"{config.image_token_id}) but {num_images} image(s) were given. With fusion='cross_attention' "
+            f"{config.image_token_id}) but {num_images} image(s) were given. With fusion={config.fusion!r} "
             f"each image is one {config.image_token!r} in the text (VLMProcessor writes it so); pass exactly "
             "one image per marker, in order."
         )

@@ -5,8 +5,8 @@ An image goes pixels -> `vision_tower` patch tokens `(num_images, num_patches, v
 image embeddings `(num_images, num_visual_tokens, text_dim)` -> written over the image placeholder embeddings of the
 prompt (`fusion="early"`), or read by gated cross-attention blocks before some decoder layers (`"cross_attention"`),
 or both (`"hybrid"`: the whole image in the prompt, its tiles through the blocks), or written over the placeholders
-and read by visual experts in the decoder layers (`"visual_expert"`) -> `language_model` -> logits of the next
-tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
+and read by visual experts in the decoder layers (`"visual_expert"`), or added to adaption prompts that the
+self-attention of the top decoder layers reads (`"adapter"`) -> `language_model` -> logits of the next tokens. With `config.max_tiles > 1` each image is first cut into tiles and a thumbnail (`tiling_vlm`).
 """
 
 import functools
@@ -39,12 +39,14 @@ except ImportError:  # transformers < 5
     from torch.nn import init
 
 try:
-    from .configuration_vlm import DEEP_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
+    from .adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
+    from .configuration_vlm import KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from .cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
         VLMGatedCrossAttentionBlock,
         build_cross_attention_blocks,
+        check_fusion_batch,
         cross_attention_context,
         find_decoder_layers,
     )
@@ -53,12 +55,14 @@ try:
     from .tiling_vlm import flatten_tiles, split_thumbnails
     from .visual_expert_vlm import VLMVisualExperts
 except ImportError:  # imported as a local module rather than as remote code
-    from configuration_vlm import DEEP_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
+    from adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
+    from configuration_vlm import KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
         VLMGatedCrossAttentionBlock,
         build_cross_attention_blocks,
+        check_fusion_batch,
         cross_attention_context,
         find_decoder_layers,
     )
@@ -102,8 +106,9 @@ class VLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     projector_attentions (`tuple[torch.FloatTensor]`, *optional*):
         The projector's `cross_attentions` (see [`VLMProjectorOutput`]), returned with `output_attentions=True`.
     cross_attentions (`tuple[torch.FloatTensor]`, *optional*):
-        With `fusion="cross_attention"` and `output_attentions=True`, the attention of the text tokens over the image
-        tokens in each gated cross-attention block (in layer order), of shape
+        With `fusion="cross_attention"` (or `"adapter"`) and `output_attentions=True`, the attention of the text tokens
+        over the image tokens in each gated cross-attention block (or adaption prompt; before the gate), in layer order,
+        of shape
         `(batch_size, num_heads, sequence_length, num_slots * num_visual_tokens)`: a row's images in slots, in the
         order of their markers. Tokens with no image before them attend uniformly and are not used.
     """
@@ -117,6 +122,8 @@ class VLMCausalLMOutputWithPast(CausalLMOutputWithPast):
 CONFIG_FIELDS_OF_MODULES = {
     "multi_modal_projector": "projector_type and its projector settings",
     "cross_attention_blocks": "fusion, cross_attention_every and cross_attention_layers",
+    "visual_experts": "fusion and visual_expert_every",
+    "adaption_prompts": "fusion and adapter_num_layers",
     "vision_tower": "vision_config",
     "language_model": "text_config",
 }
@@ -171,6 +178,9 @@ class VLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VLMGatedCrossAttentionBlock):
             init.zeros_(module.attention_gate)
             init.zeros_(module.ffn_gate)
+        elif isinstance(module, VLMAdaptionPrompt):
+            init.normal_(module.prompt, mean=0.0, std=std)
+            init.zeros_(module.gate)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -253,7 +263,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
     placeholders as with early fusion, and the text from the image on reads its high-resolution tiles through the
     blocks. With `"visual_expert"` (CogVLM), the images fill their placeholders as with early fusion, and in the
     decoder layers of `config.visual_expert_layer_indices` the image positions go through [`VLMVisualExperts`]
-    (copies of the layer's attention projections and MLP) instead of the language model's own.
+    (copies of the layer's attention projections and MLP) instead of the language model's own. With `"adapter"`
+    (LLaMA-Adapter V2), each image is one marker token, and the text after it also attends, in the top decoder layers,
+    to [`VLMAdaptionPrompts`] plus the image's projected tokens, through zero-initialised gates.
     """
 
     def __init__(self, config: VLMConfig):
@@ -266,6 +278,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         self._cross_attention_hooks: list = []
         self.attach_cross_attention_blocks()
         self.visual_experts = self.build_visual_experts()
+        self.adaption_prompts = self.build_adaption_prompts()
         self.post_init()
         if self.visual_experts is not None:  # the experts start as the language model's own weights
             self.visual_experts.copy_from(self.language_model)
@@ -281,6 +294,16 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             self.visual_experts.detach_hooks()
         layers = self.config.visual_expert_layer_indices
         return VLMVisualExperts(self.language_model, layers) if layers else None
+
+    def build_adaption_prompts(self) -> VLMAdaptionPrompts | None:
+        """
+        The adaption prompts of `language_model`, newly made (`None` but with `fusion="adapter"`); the hooks of prompts
+        built for an earlier language model are removed first. Raises `ValueError` when its decoder layers or their
+        attention projections cannot be found.
+        """
+        if getattr(self, "adaption_prompts", None) is not None:
+            self.adaption_prompts.detach_hooks()
+        return VLMAdaptionPrompts(self.config, self.language_model) if self.config.adapter_layer_indices else None
 
     def attach_cross_attention_blocks(self) -> None:
         """
@@ -304,12 +327,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if context is None:
             return None
         hidden_states = args[0] if args else kwargs["hidden_states"]
-        if hidden_states.shape[:2] != context.has_image.shape[:2]:
-            raise RuntimeError(
-                f"The cross-attention inputs are for a {tuple(context.has_image.shape[:2])} batch but decoder layer "
-                f"{layer} got hidden states of shape {tuple(hidden_states.shape)}: call the VLM, not its "
-                "language_model, to run images through it."
-            )
+        check_fusion_batch(context.has_image.shape[:2], hidden_states, layer, "cross-attention blocks")
         block = self.cross_attention_blocks[str(layer)]  # looked up per call: PEFT may have wrapped it
         hidden_states, key_value, attn_weights = block(
             hidden_states,
@@ -465,7 +483,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             )
 
         context = None
-        if self.config.fusion in DEEP_FUSIONS:
+        if self.config.fusion in KEY_VALUE_FUSIONS:
             context = cross_attention_context(
                 self.config, input_ids, inputs_embeds.shape[:2], deep_embeds, cache, bool(output_attentions), deep_tiles
             )
@@ -519,26 +537,33 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         **model_kwargs,
     ) -> ModelOutput:
         """
-        The language model's base model on `model_kwargs`, its cross-attention blocks (if any) reading `context` and its
-        visual experts (if any) taking over at `image_positions` `(batch_size, sequence_length)`; the images of a first
-        call (`num_cached_tokens == 0`) are attached to the returned cache for the decoding steps.
+        The language model's base model on `model_kwargs`, its cross-attention blocks or adaption prompts (if any)
+        reading `context` and its visual experts (if any) taking over at `image_positions` `(batch_size,
+        sequence_length)`; the images of a first call (`num_cached_tokens == 0`) are attached to the returned cache for
+        the decoding steps.
         """
-        self._cross_attention_context = context
-        if self.visual_experts is not None:
-            self.visual_experts.image_positions = image_positions
+        self._set_fusion_inputs(context, image_positions)
         try:
             outputs = self.language_model.base_model(**model_kwargs)
         finally:
             # Gradient checkpointing re-runs the layers in backward, so a training step keeps what they read until the
             # next one.
             if not (self.training and self._is_checkpointing_activations()):
-                self._cross_attention_context = None
-                if self.visual_experts is not None:
-                    self.visual_experts.image_positions = None
+                self._set_fusion_inputs(None, None)
         cache = getattr(outputs, CACHE_NAME)
-        if self.config.fusion in DEEP_FUSIONS and cache is not None and num_cached_tokens == 0:
+        if self.config.fusion in KEY_VALUE_FUSIONS and cache is not None and num_cached_tokens == 0:
             setattr(cache, IMAGE_CACHE_ATTRIBUTE, context.images if context is not None else None)
         return outputs
+
+    def _set_fusion_inputs(
+        self, context: VLMCrossAttentionContext | None, image_positions: torch.BoolTensor | None
+    ) -> None:
+        """What the hooks in the language model read during its forward pass (`None`: the language model alone)."""
+        self._cross_attention_context = context
+        if self.visual_experts is not None:
+            self.visual_experts.image_positions = image_positions
+        if self.adaption_prompts is not None:
+            self.adaption_prompts.context = context
 
     def _is_checkpointing_activations(self) -> bool:
         """Whether the language model recomputes its layers in backward (the property's name differs in 4.x)."""
@@ -658,7 +683,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         A new model whose vision tower and language model are loaded from pretrained checkpoints (Hub ids or local
         directories) and whose projector (and, with `fusion="cross_attention"`, gated cross-attention blocks) is
-        freshly initialised (and, with `fusion="visual_expert"`, visual experts copied from the language model), with
+        freshly initialised (and, with `fusion="visual_expert"`, visual experts copied from the language model; with
+        `"adapter"`, adaption prompts), with
         the matching [`VLMProcessor`]. `config_kwargs` are further [`VLMConfig`] settings.
 
         The vision checkpoint may be a vision-only model or a dual encoder (e.g. `google/siglip-base-patch16-224`),
@@ -692,6 +718,10 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         model.cross_attention_blocks.to(dtype or torch.float32)
         model.attach_cross_attention_blocks()
         model.visual_experts = model.build_visual_experts()
+        model.adaption_prompts = model.build_adaption_prompts()
+        if model.adaption_prompts is not None:
+            model.adaption_prompts.apply(model._init_weights)
+            model.adaption_prompts.to(dtype or torch.float32)
         model.generation_config = language_model.generation_config
         model.suppress_image_token()
         model.tie_weights()

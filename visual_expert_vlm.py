@@ -17,9 +17,9 @@ from transformers import PreTrainedModel
 
 
 try:
-    from .cross_attention_vlm import find_decoder_layers
+    from .cross_attention_vlm import check_fusion_batch, find_decoder_layers
 except ImportError:  # imported as a local module rather than as remote code
-    from cross_attention_vlm import find_decoder_layers
+    from cross_attention_vlm import check_fusion_batch, find_decoder_layers
 
 
 # Each expert's name and the module of a decoder layer (Llama's, Qwen2's, Mistral's layout) that it copies.
@@ -98,12 +98,7 @@ class VLMVisualExperts(nn.Module):
         if positions is None:
             return None
         hidden_states = args[0]
-        if hidden_states.shape[:2] != positions.shape:
-            raise RuntimeError(
-                f"The visual experts' image positions are for a {tuple(positions.shape)} batch but {name} of decoder "
-                f"layer {layer} got inputs of shape {tuple(hidden_states.shape)}: call the VLM, not its "
-                "language_model, to run images through it."
-            )
+        check_fusion_batch(positions.shape, hidden_states, int(layer), "visual experts")
         expert = self.experts[layer][name]
         return output.index_put((positions,), expert(hidden_states[positions]))
 

@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke test on CPU, not a timing")
     parser.add_argument(
         "--projectors", nargs="+", choices=RUN_NAMES, help="runs: projector types, <projector>_xattn for "
-        "cross-attention fusion, <projector>_expert for visual experts; default: the four projectors and "
+        "cross-attention fusion, <projector>_expert for visual experts, <projector>_adapter for LLaMA-Adapter's "
+        "gated prompts; default: the four projectors and "
         "perceiver_xattn"
     )
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="training and vision batch sizes")

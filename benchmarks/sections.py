@@ -197,31 +197,33 @@ def generation_seconds(
 
 def fusion_comparison(training: list[dict[str, Any]], generation: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
-    Early against cross-attention fusion at the same visual budget, derived from the measured rows: for every
-    `<projector>_xattn` run measured beside its `<projector>` run, both runs' language-model sequence length,
-    trainable parameters, training samples/s and peak memory at the largest batch size, and generation captions/s.
+    Early against deep fusion at the same visual budget, derived from the measured rows: every `<projector>` run
+    measured beside runs of the same projector with another fusion (`<projector>_xattn`, `_expert`, `_adapter`), then
+    those runs, with their language-model sequence length, trainable parameters, training samples/s and peak memory
+    at the largest batch size, and generation captions/s.
     """
     train = {row["projector"]: row for row in largest_batch_rates(training)}
     captions = {row["projector"]: row["captions_per_s"] for row in generation}
-    rows = []
+    runs = []
     for name in train:
         projector_type = run_settings(name)["projector_type"]
-        if name == projector_type or projector_type not in train:
-            continue
-        for run in (projector_type, name):
-            row = train[run]
-            rows.append(
-                {
-                    "run": run,
-                    "fusion": run_settings(run)["fusion"],
-                    "batch_size": row["batch_size"],
-                    "sequence_length": row["sequence_length"],
-                    "trainable_parameters": row["trainable_parameters"],
-                    "samples_per_s": row["samples_per_s"],
-                    "peak_memory_mb": row["peak_memory_mb"],
-                    "captions_per_s": captions.get(run),
-                }
-            )
+        if name != projector_type and projector_type in train:
+            runs += [run for run in (projector_type, name) if run not in runs]
+    rows = []
+    for run in runs:
+        row = train[run]
+        rows.append(
+            {
+                "run": run,
+                "fusion": run_settings(run)["fusion"],
+                "batch_size": row["batch_size"],
+                "sequence_length": row["sequence_length"],
+                "trainable_parameters": row["trainable_parameters"],
+                "samples_per_s": row["samples_per_s"],
+                "peak_memory_mb": row["peak_memory_mb"],
+                "captions_per_s": captions.get(run),
+            }
+        )
     return rows
 
 

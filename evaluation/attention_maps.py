@@ -73,14 +73,18 @@ def cross_attention_maps(
     model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image, caption: str
 ) -> torch.Tensor:
     """
-    With `fusion="cross_attention"`, where the tokens of `caption` look in each gated cross-attention block:
-    `(num_blocks + 1, grid, grid)`, each block's attention of the caption tokens over the image tokens (heads and
-    tokens averaged), then the mean over blocks. Image tokens that are patches (linear, mlp) are the grid; learned
-    queries or latents are carried onto it by the projector's own mean attention map ([`projector_attention_maps`]).
+    With `fusion="cross_attention"` (or `"adapter"`), where the tokens of `caption` look in each gated cross-attention
+    block (or adaption prompt): `(num_blocks + 1, grid, grid)`, each block's attention of the caption tokens over the
+    image tokens (heads and tokens averaged), then the mean over blocks. Image tokens that are patches (linear, mlp)
+    are the grid; learned queries or latents are carried onto it by the projector's own mean attention map
+    ([`projector_attention_maps`]).
     Each map sums to 1.
     """
-    if model.config.fusion != "cross_attention":
-        raise ValueError(f"fusion={model.config.fusion!r} has no cross-attention blocks; use the projector's maps.")
+    if model.config.fusion not in ("cross_attention", "adapter"):
+        raise ValueError(
+            f"fusion={model.config.fusion!r} has no cross-attention blocks or adaption prompts; use the projector's "
+            "maps."
+        )
     text = processor.apply_chat_template(caption_messages(caption=caption))
     inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
     caption_tokens = processor.build_labels(inputs["input_ids"])[0] != -100

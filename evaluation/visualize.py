@@ -75,17 +75,18 @@ def save_model_picture(
     path: str,
 ) -> None:
     """
-    PNG of what `model` (called `model_name`) looks at in `image`: with cross-attention fusion, where its `caption`
-    attends in each gated block; else the projector's attention grid for Q-Former and Perceiver models, the gradient
-    saliency of its `caption` for the others.
+    PNG of what `model` (called `model_name`) looks at in `image`: with cross-attention (or adapter) fusion, where its
+    `caption` attends in each gated block (or adaption prompt); else the projector's attention grid for Q-Former and
+    Perceiver models, the gradient saliency of its `caption` for the others.
     """
     config = model.config
     heading = f"{model_name} · {config.projector_type} projector · image {image_id}"
-    if config.fusion == "cross_attention":
+    if config.fusion in ("cross_attention", "adapter"):
         maps = cross_attention_maps(model, processor, image, caption)
         grid = maps.shape[-1]
         explanation = f"Caption tokens' cross-attention over the {grid}x{grid} patch grid, per gated block; last: mean."
-        rows = [f"layer {layer}" for layer in config.cross_attention_layer_indices] + ["mean"]
+        layers = config.cross_attention_layer_indices or config.adapter_layer_indices
+        rows = [f"layer {layer}" for layer in layers] + ["mean"]
         title = (f"{heading} · cross-attention", explanation)
         save_attention_grid(image, maps[:, None], path, title, rows, ["caption"])
         return

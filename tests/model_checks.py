@@ -1,9 +1,13 @@
 """Helpers of the model tests that run under every transformers release (torch and the Hub files only)."""
 
+import pytest
 import torch
 from torch import nn
 
+from configuration_vlm import VLMConfig
 from evaluation.captioning import caption_messages
+from modeling_vlm import VLMForConditionalGeneration
+from models.tiny import TINY_VISION_CONFIG
 
 
 def prompt_batch(processor, images, texts=None) -> dict[str, torch.Tensor]:
@@ -20,10 +24,31 @@ def labelled_caption_batch(processor, images, captions=("red.", "blue.")) -> dic
     return batch
 
 
-def gradients_without_and_with_checkpointing(
-    model: nn.Module, batch: dict[str, torch.Tensor], module: nn.Module
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The gradients of `module`'s parameters from `model`'s loss on `batch`, then again with gradient checkpointing."""
+# Language models without Llama's decoder layout, which the deep fusions refuse.
+GPT2_TEXT_CONFIG = {"model_type": "gpt2", "vocab_size": 1024, "n_embd": 64, "n_layer": 2, "n_head": 4}
+BERT_DECODER_TEXT_CONFIG = {"model_type": "bert", "vocab_size": 1024, "hidden_size": 64, "num_hidden_layers": 2,
+                            "num_attention_heads": 4, "intermediate_size": 128, "is_decoder": True}  # fmt: skip
+
+
+def assert_language_models_refused(fusion: str, gpt2_message: str) -> None:
+    """
+    A VLM of `fusion` is refused on GPT-2 (whose layers lack Llama's attention modules) with `gpt2_message`, and on a
+    BERT decoder (whose layers are not where a causal language model keeps them) with the message naming the layers.
+    """
+    bert_message = f"fusion='{fusion}' works on the decoder layers, but .* BertLMHeadModel"
+    for text_config, message in ((GPT2_TEXT_CONFIG, gpt2_message), (BERT_DECODER_TEXT_CONFIG, bert_message)):
+        config = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=text_config, fusion=fusion)
+        with pytest.raises(ValueError, match=message):
+            VLMForConditionalGeneration(config)
+
+
+def assert_checkpointing_gives_the_same_gradients(
+    model: nn.Module, batch: dict[str, torch.Tensor], module: nn.Module, without_gradient: tuple[str, ...] = ()
+) -> None:
+    """
+    `model`'s loss on `batch` gives every parameter of `module` a gradient (but those named with a prefix in
+    `without_gradient`, which get none), and the same gradients again with gradient checkpointing.
+    """
 
     def gradients() -> dict[str, torch.Tensor]:
         model.zero_grad()
@@ -32,5 +57,39 @@ def gradients_without_and_with_checkpointing(
 
     model.train()
     reference = gradients()
+    assert all((grad.abs().sum() > 0) != name.startswith(without_gradient) for name, grad in reference.items())
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return reference, gradients()
+    for name, grad in gradients().items():
+        torch.testing.assert_close(grad, reference[name], msg=name)
+
+
+def assert_generation_is_consistent(model: nn.Module, processor, images) -> None:
+    """
+    Greedy generation with the KV cache equals generation without it (tokens and scores) on two `images`; a batch of
+    an image prompt and a longer text-only one, left-padded, gives each row the tokens it gets alone; beam search runs.
+    """
+    batch = prompt_batch(processor, images[:2])
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "output_scores": True}
+    with_cache = model.generate(**batch, use_cache=True, return_dict_in_generate=True, **kwargs)
+    without_cache = model.generate(**batch, use_cache=False, return_dict_in_generate=True, **kwargs)
+    assert torch.equal(with_cache.sequences, without_cache.sequences)
+    for cached, recomputed in zip(with_cache.scores, without_cache.scores):
+        torch.testing.assert_close(cached, recomputed)
+
+    texts = [
+        processor.apply_chat_template(caption_messages(), add_generation_prompt=True),
+        processor.apply_chat_template([{"role": "user", "content": "No picture here, a longer text."}],
+                                      add_generation_prompt=True),  # fmt: skip
+    ]
+    per_text = [[images[0]], []]
+    mixed = processor(images=per_text, text=texts, return_tensors="pt")
+    assert (mixed["attention_mask"][:, 0] == 0).any()
+    batched = model.generate(**mixed, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    for index, (row_images, text) in enumerate(zip(per_text, texts)):
+        single = processor(images=row_images or None, text=[text], return_tensors="pt")
+        alone = model.generate(**single, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        new_tokens = alone[0, single["input_ids"].shape[1] :].tolist()
+        assert batched[index, mixed["input_ids"].shape[1] :].tolist() == new_tokens, index
+
+    beams = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, num_beams=3, do_sample=False)
+    assert beams.shape == (2, batch["input_ids"].shape[1] + 5)

@@ -73,6 +73,12 @@ def test_cross_attention_maps_are_distributions_and_need_the_fusion(image):
     maps = cross_attention_maps(model, processor, image, "a blue square.")
     torch.testing.assert_close(maps.sum(dim=(-1, -2)), torch.ones(3))
     torch.testing.assert_close(maps[-1], maps[:-1].mean(0))
+    adapter, processor = build_tiny_vlm("mlp", fusion="adapter", adapter_num_layers=1)
+    with torch.no_grad():  # the prompt's keys all alike: every caption token attends uniformly to the image
+        adapter.adaption_prompts.layers["1"].prompt.zero_()
+        adapter.multi_modal_projector.apply(lambda module: module.weight.zero_() if hasattr(module, "weight") else None)
+    maps = cross_attention_maps(adapter, processor, image, "a blue square.")
+    torch.testing.assert_close(maps, torch.full((2, 4, 4), 1 / 16))  # the one adapted layer, then the mean
     early, processor = build_tiny_vlm("qformer")
     with pytest.raises(ValueError, match="fusion='early' has no cross-attention blocks"):
         cross_attention_maps(early, processor, image, "a blue square.")

@@ -98,12 +98,13 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         ("perceiver", "cross_attention-tiles", {"fusion": "cross_attention", "max_tiles": 4}),
         ("mlp", "hybrid", {"fusion": "hybrid", "max_tiles": 4}),  # NVLM-H: the thumbnail early, the tiles deep
         ("qformer", "visual_expert", {"fusion": "visual_expert"}),  # CogVLM: the image positions through experts
+        ("mlp", "adapter-tiles", {"fusion": "adapter", "adapter_num_layers": 1, "max_tiles": 4}),  # LLaMA-Adapter V2
     ]
     for projector_type, name, settings in builds:
         fusion = "cross_attention" if name == "cross_attention" else "early"
         model, processor = build_tiny_vlm(projector_type, seed=7, **{"fusion": fusion, **settings})
         with torch.no_grad():  # open the gates, so that wrongly loaded blocks or masks would change the logits
-            for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("_gate")):
+            for index, parameter in enumerate(p for n, p in model.named_parameters() if n.endswith("gate")):
                 parameter.fill_(0.3 + 0.1 * index)
             for parameter in model.visual_experts.parameters() if model.visual_experts is not None else []:
                 parameter.add_(0.05)  # experts unlike the language model's own, so that a lost expert would show
@@ -112,7 +113,7 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))
         hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py",
-                     "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py"}
+                     "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py", "adapter_vlm.py"}
         assert hub_files | {"model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

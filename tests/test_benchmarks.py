@@ -8,6 +8,7 @@ import torch
 from benchmarks import contrastive_step, instruct, levers, sft_peer, tiles
 from benchmarks.llava_peer import build_pair, labelled_batch, prompt_batch
 from benchmarks.run_benchmarks import format_report, run_benchmarks
+from benchmarks.sections import fusion_comparison
 from benchmarks.stage1_step import VARIANTS, benchmark_stage1
 from training import ALL_RUNS
 
@@ -196,3 +197,16 @@ def test_the_tiles_benchmark_measures_whole_tiled_and_hybrid_reads():
         assert hybrid[field] == whole[field]
     assert hybrid["trainable_parameters"] > tiled["trainable_parameters"] == whole["trainable_parameters"]
     assert all(row["samples_per_s"] > 0 and row["captions_per_s"] > 0 for row in rows)
+
+
+def test_the_fusion_table_lists_each_early_run_once_before_its_deep_fusions():
+    measured = {"batch_size": 2, "sequence_length": 9, "trainable_parameters": 1, "samples_per_s": 1.0,
+                "peak_memory_mb": 1.0}  # fmt: skip
+    names = ["mlp", "mlp_xattn", "perceiver", "mlp_expert", "mlp_adapter"]
+    training = [{"projector": name, **measured} for name in names]
+    generation = [{"projector": name, "captions_per_s": index / 10} for index, name in enumerate(names)]
+    rows = fusion_comparison(training, generation)
+    assert [(row["run"], row["fusion"]) for row in rows] == [
+        ("mlp", "early"), ("mlp_xattn", "cross_attention"), ("mlp_expert", "visual_expert"), ("mlp_adapter", "adapter")
+    ]  # fmt: skip
+    assert [row["captions_per_s"] for row in rows] == [0.0, 0.1, 0.3, 0.4]

@@ -6,13 +6,16 @@ early fusion; generation and the errors of bad input (training: `test_visual_exp
 
 import pytest
 import torch
-from model_checks import gradients_without_and_with_checkpointing, labelled_caption_batch, prompt_batch
+from model_checks import (
+    assert_checkpointing_gives_the_same_gradients,
+    assert_generation_is_consistent,
+    assert_language_models_refused,
+    labelled_caption_batch,
+    prompt_batch,
+)
 from PIL import Image
 
-from configuration_vlm import VLMConfig
-from evaluation.captioning import caption_messages
-from modeling_vlm import VLMForConditionalGeneration
-from models.tiny import TINY_VISION_CONFIG, build_tiny_vlm
+from models.tiny import build_tiny_vlm
 from visual_expert_vlm import EXPERT_PATHS
 
 
@@ -79,31 +82,7 @@ def test_image_positions_go_through_the_experts_and_text_through_the_language_mo
 
 def test_generation_with_cache_equals_without_and_batched_equals_one_by_one(images):
     model, processor = build_expert_vlm()
-    batch = prompt_batch(processor, images[:2])
-    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "output_scores": True}
-    with_cache = model.generate(**batch, use_cache=True, return_dict_in_generate=True, **kwargs)
-    without_cache = model.generate(**batch, use_cache=False, return_dict_in_generate=True, **kwargs)
-    assert torch.equal(with_cache.sequences, without_cache.sequences)
-    for cached, recomputed in zip(with_cache.scores, without_cache.scores):
-        torch.testing.assert_close(cached, recomputed)
-
-    texts = [
-        processor.apply_chat_template(caption_messages(), add_generation_prompt=True),
-        processor.apply_chat_template([{"role": "user", "content": "No picture here, a longer text."}],
-                                      add_generation_prompt=True),  # fmt: skip
-    ]
-    per_text = [[images[0]], []]
-    mixed = processor(images=per_text, text=texts, return_tensors="pt")
-    assert (mixed["attention_mask"][:, 0] == 0).any()
-    batched = model.generate(**mixed, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-    for index, (row_images, text) in enumerate(zip(per_text, texts)):
-        single = processor(images=row_images or None, text=[text], return_tensors="pt")
-        alone = model.generate(**single, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-        new_tokens = alone[0, single["input_ids"].shape[1] :].tolist()
-        assert batched[index, mixed["input_ids"].shape[1] :].tolist() == new_tokens, index
-
-    beams = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, num_beams=3, do_sample=False)
-    assert beams.shape == (2, batch["input_ids"].shape[1] + 5)
+    assert_generation_is_consistent(model, processor, images)
 
 
 def test_tiles_give_each_tile_its_tag_and_start_as_early_fusion():
@@ -119,24 +98,14 @@ def test_tiles_give_each_tile_its_tag_and_start_as_early_fusion():
 def test_gradient_checkpointing_gives_the_same_gradients(images):
     model, processor = build_expert_vlm()
     batch = labelled_caption_batch(processor, images[:2])
-    reference, checkpointed = gradients_without_and_with_checkpointing(model, batch, model.visual_experts)
     # The loss is on text: the last layer's image positions reach it through their keys and values only.
     dead = tuple(f"experts.1.{name}." for name in ("q_proj", "o_proj", "mlp"))
-    assert all((grad.abs().sum() > 0) != name.startswith(dead) for name, grad in reference.items())
-    for name, grad in checkpointed.items():
-        torch.testing.assert_close(grad, reference[name], msg=name)
+    assert_checkpointing_gives_the_same_gradients(model, batch, model.visual_experts, without_gradient=dead)
 
 
 def test_a_language_model_that_cannot_host_experts_and_bad_settings_are_refused(images):
-    gpt2 = {"model_type": "gpt2", "vocab_size": 1024, "n_embd": 64, "n_layer": 2, "n_head": 4}
-    config = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=gpt2, projector_type="mlp", fusion="visual_expert")
-    with pytest.raises(ValueError, match=r"fusion='visual_expert' copies .* GPT2LMHeadModel has no `self_attn.q_proj`"):
-        VLMForConditionalGeneration(config)
-    bert = {"model_type": "bert", "vocab_size": 1024, "hidden_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 128, "is_decoder": True}  # fmt: skip
-    config = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=bert, projector_type="mlp", fusion="visual_expert")
-    with pytest.raises(ValueError, match="fusion='visual_expert' works on the decoder layers, but .* BertLMHeadModel"):
-        VLMForConditionalGeneration(config)
+    gpt2_message = r"fusion='visual_expert' copies .* GPT2LMHeadModel has no `self_attn.q_proj`"
+    assert_language_models_refused("visual_expert", gpt2_message)
     with pytest.raises(ValueError, match=r"visual_expert_every=0 is invalid"):
         build_tiny_vlm("mlp", fusion="visual_expert", visual_expert_every=0)
     model, processor = build_expert_vlm()

@@ -70,7 +70,10 @@ class VLMTrainingArguments:
         default="early",
         metadata={
             "help": "early: image tokens in the LLM's input (LLaVA); cross_attention: gated cross-attention blocks "
-            "before every cross_attention_every-th decoder layer (Flamingo; set it in model_config)."
+            "before every cross_attention_every-th decoder layer (Flamingo; set it in model_config); hybrid: the "
+            "thumbnail early, the tiles through the blocks (NVLM-H); visual_expert: image positions through copies of "
+            "the decoder layers' projections and MLPs (CogVLM); adapter: gated adaption prompts plus the image's "
+            "tokens in the top adapter_num_layers layers' self-attention (LLaMA-Adapter V2)."
         },
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Vision layer the projector reads."})

@@ -34,12 +34,13 @@ QUESTION_COLUMNS = {
 }
 """The question columns of the table (when the runs answered questions) and the metric each shows."""
 
-CROSS_ATTENTION_SUFFIX, VISUAL_EXPERT_SUFFIX = "_xattn", "_expert"
-FUSION_SUFFIXES = {CROSS_ATTENTION_SUFFIX: "cross_attention", VISUAL_EXPERT_SUFFIX: "visual_expert"}
+CROSS_ATTENTION_SUFFIX, VISUAL_EXPERT_SUFFIX, ADAPTER_SUFFIX = "_xattn", "_expert", "_adapter"
+FUSION_SUFFIXES = {CROSS_ATTENTION_SUFFIX: "cross_attention", VISUAL_EXPERT_SUFFIX: "visual_expert",
+                   ADAPTER_SUFFIX: "adapter"}  # fmt: skip
 RUN_NAMES = (*PROJECTOR_TYPES, *(f"{projector}{suffix}" for suffix in FUSION_SUFFIXES for projector in PROJECTOR_TYPES))
 """
-The runs `--compare` knows by name: each projector with early fusion, with cross-attention (`<name>_xattn`) and with
-CogVLM's visual experts (`<name>_expert`).
+The runs `--compare` knows by name: each projector with early fusion, with cross-attention (`<name>_xattn`), with
+CogVLM's visual experts (`<name>_expert`) and with LLaMA-Adapter V2's gated adaption prompts (`<name>_adapter`).
 """
 ALL_RUNS = (*PROJECTOR_TYPES, f"perceiver{CROSS_ATTENTION_SUFFIX}")
 """The bridges: the four projectors, and deep fusion through Flamingo's Perceiver at the same visual budget."""

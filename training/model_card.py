@@ -242,6 +242,14 @@ def _bridge_sentence(results: TrainingResults) -> str:
             f"{results.num_image_tokens} image tokens per image in the language model's input go through their own\n"
             f"attention projections and MLP in decoder layers {', '.join(map(str, results.visual_expert_layers or []))}"
         )
+    if results.fusion == "adapter":
+        return (
+            f"a **{results.projector_type}** projector and **gated adaption prompts** (deep fusion, as in\n"
+            f"LLaMA-Adapter V2): the {results.num_visual_tokens} visual tokens per image, added to learned prompts,\n"
+            "are extra keys and values of the self-attention in decoder layers "
+            f"{', '.join(map(str, results.adapter_layers or []))}\n(one marker token per image in the language model's "
+            "input)"
+        )
     if results.fusion != "cross_attention":
         return f"a **{results.projector_type}** projector\n({results.num_image_tokens} image tokens per image)"
     return (

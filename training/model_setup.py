@@ -43,6 +43,7 @@ COMPONENTS = {
     "multi_modal_projector": "projector",
     "cross_attention_blocks": "projector",
     "visual_experts": "projector",
+    "adaption_prompts": "projector",
     "language_model": "llm",
 }
 """
@@ -174,10 +175,13 @@ def build_stage1_model(args: VLMTrainingArguments) -> tuple[QFormerForPretrainin
 
 def trained_whole(model: VLMForConditionalGeneration, unfreeze_vision: bool) -> list[str]:
     """
-    The modules that train whole beside the language model: the projector, each cross-attention block (by its own
-    name, so that PEFT wraps the block that the decoder layer's hook calls) and the vision tower when it trains.
+    The modules that train whole beside the language model: the projector, each cross-attention block or adaption
+    prompt (by its own name, so that PEFT wraps the module that the decoder layer's hook calls) and the vision tower
+    when it trains.
     """
     blocks = [f"cross_attention_blocks.{layer}" for layer in model.cross_attention_blocks]
+    if model.adaption_prompts is not None:
+        blocks += [f"adaption_prompts.layers.{layer}" for layer in model.adaption_prompts.layers]
     return ["multi_modal_projector", *blocks] + (["vision_tower"] if unfreeze_vision else [])
 
 
@@ -198,7 +202,8 @@ def configure_trainable_parameters(
     lora: LoraConfig | None = None,
 ) -> nn.Module:
     """
-    Freezes everything but what `stage` trains: the projector and any cross-attention blocks or visual experts
+    Freezes everything but what `stage` trains: the projector and any cross-attention blocks, visual experts or
+    adaption prompts
     (`align`), those and the language model (`finetune`), or those and the `lora` adapters on the language model
     (`lora`, returns a `PeftModel`). The vision tower trains too with `unfreeze_vision`.
     """
@@ -210,8 +215,9 @@ def configure_trainable_parameters(
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
     model.cross_attention_blocks.requires_grad_(True)
-    if model.visual_experts is not None:
-        model.visual_experts.requires_grad_(True)
+    for fusion_layers in (model.visual_experts, model.adaption_prompts):
+        if fusion_layers is not None:
+            fusion_layers.requires_grad_(True)
     if stage == "finetune":
         model.language_model.requires_grad_(True)
     if unfreeze_vision:

@@ -59,6 +59,7 @@ class TrainingResults:
     cross_attention_layers: list[int] | None = None  # decoder layers with a gated cross-attention block before them
     max_tiles: int = 1  # dynamic resolution: tiles per image at most (a thumbnail besides when more than one)
     visual_expert_layers: list[int] | None = None  # decoder layers with visual experts (fusion "visual_expert")
+    adapter_layers: list[int] | None = None  # decoder layers with adaption prompts (fusion "adapter")
     num_train_conversations: int = 0
     saved_step: int | None = None  # the step of the complete model saved in output_dir (None: the last one)
     distributed_type: str = "NO"  # how the processes shared the work: accelerate's "MULTI_GPU" (DDP), "FSDP", ...
@@ -147,6 +148,7 @@ def bridge_fields(model: VLMForConditionalGeneration | QFormerForPretraining) ->
         "cross_attention_layers": config.cross_attention_layer_indices,
         "max_tiles": config.max_tiles,
         "visual_expert_layers": config.visual_expert_layer_indices,
+        "adapter_layers": config.adapter_layer_indices,
     }
 
 
@@ -163,6 +165,9 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
     if fields["fusion"] == "visual_expert":
         layers = ", ".join(map(str, fields["visual_expert_layers"]))
         return f"{fields['projector_type']} projector + visual experts in decoder layers {layers}"
+    if fields["fusion"] == "adapter":
+        layers = ", ".join(map(str, fields["adapter_layers"]))
+        return f"{fields['projector_type']} projector + gated adaption prompts in decoder layers {layers}"
     layers = ", ".join(map(str, fields["cross_attention_layers"] or []))
     hybrid = "the whole image in the sequence, its tiles through " if fields["fusion"] == "hybrid" else ""
     return f"{fields['projector_type']} projector + {hybrid}gated cross-attention before decoder layers {layers}"
