@@ -3,12 +3,15 @@
 
 from typing import Any
 
+import transformers
 from transformers import AutoConfig, PretrainedConfig
 from transformers.activations import ACT2FN
 
 
 PROJECTOR_TYPES = ("linear", "mlp", "qformer", "perceiver")
-FUSION_TYPES = ("early", "cross_attention", "hybrid", "visual_expert", "adapter")
+# Tokenized early fusion's bridge: a trainable embedding per code of the VQ image tokenizer.
+CODEBOOK = "codebook"
+FUSION_TYPES = ("early", "cross_attention", "hybrid", "visual_expert", "adapter", "tokenized")
 # The fusions with gated cross-attention blocks in the language model.
 DEEP_FUSIONS = ("cross_attention", "hybrid")
 # The fusions whose decoder layers read each image's visual tokens as keys and values, kept with the cache.
@@ -16,10 +19,13 @@ KEY_VALUE_FUSIONS = (*DEEP_FUSIONS, "adapter")
 # The fusions where an image is one marker token in the language model's sequence.
 MARKER_FUSIONS = ("cross_attention", "adapter")
 # The fusions whose images fill their placeholders in the language model's sequence, every tile with its tag.
-SEQUENCE_FUSIONS = ("early", "visual_expert")
+SEQUENCE_FUSIONS = ("early", "visual_expert", "tokenized")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 # Vision towers whose token sequence starts with a class token (CLIP's); SigLIP's has none.
 TOWERS_WITH_CLASS_TOKEN = ("clip_vision_model",)
+# VQ image tokenizers (tokenized early fusion) and their config classes: transformers 4.57's AutoConfig does not know
+# `chameleon_vqgan` (5.x's does).
+VQ_TOKENIZER_CONFIGS = {"chameleon_vqgan": "ChameleonVQVAEConfig"}
 
 # SigLIP-base-patch16-224: 224 px images, 16 px patches -> 196 patch tokens of width 768.
 DEFAULT_VISION_CONFIG: dict[str, Any] = {
@@ -72,7 +78,10 @@ def build_sub_config(value: dict | PretrainedConfig | None, default: dict[str, A
             f"For example: {{'model_type': '{default['model_type']}', ...}}."
         )
     value = dict(value)
-    return AutoConfig.for_model(value.pop("model_type"), **value)
+    model_type = value.pop("model_type")
+    if model_type in VQ_TOKENIZER_CONFIGS:
+        return getattr(transformers, VQ_TOKENIZER_CONFIGS[model_type])(**value)
+    return AutoConfig.for_model(model_type, **value)
 
 
 class VLMConfig(PretrainedConfig):
@@ -84,13 +93,15 @@ class VLMConfig(PretrainedConfig):
 
     Args:
         vision_config (`dict` or `PretrainedConfig`, *optional*):
-            Vision tower config; any model whose `AutoModel` returns patch tokens. Defaults to SigLIP-base-patch16-224.
+            Vision tower config; any model whose `AutoModel` returns patch tokens, or a VQ image tokenizer (Chameleon's
+            `ChameleonVQVAEConfig`) for tokenized fusion. Defaults to SigLIP-base-patch16-224.
         text_config (`dict` or `PretrainedConfig`, *optional*):
             Causal language model config. Defaults to Qwen2.5-0.5B-Instruct.
         projector_type (`str`, *optional*):
             One of `"linear"` (one Linear), `"mlp"` (LLaVA-1.5: Linear, GELU, Linear), `"qformer"` (BLIP-2 Q-Former
-            with learned queries) or `"perceiver"` (Flamingo Perceiver Resampler with learned latents). Defaults to
-            `"mlp"` with early fusion and to `"perceiver"` (Flamingo's) with cross-attention fusion.
+            with learned queries) or `"perceiver"` (Flamingo Perceiver Resampler with learned latents); `"codebook"`
+            (a trainable embedding per code) with tokenized fusion, and only there. Defaults to `"mlp"` with early
+            fusion, to `"perceiver"` (Flamingo's) with cross-attention fusion and to `"codebook"` with tokenized fusion.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation of the MLP projector and of the Q-Former / Perceiver feed-forward blocks.
         projector_dropout (`float`, *optional*, defaults to 0.0):
@@ -146,7 +157,9 @@ class VLMConfig(PretrainedConfig):
             projections and MLP (the visual experts) while the text positions keep the language model's own.
             `"adapter"` (LLaMA-Adapter V2): each image is one marker token, and in the top `adapter_num_layers`
             decoder layers learned adaption prompts plus the image's visual tokens are extra keys and values of the
-            self-attention, in a softmax of their own scaled by a zero-initialised gate per head.
+            self-attention, in a softmax of their own scaled by a zero-initialised gate per head. `"tokenized"`
+            (Chameleon): the vision tower is a frozen VQ image tokenizer (`vision_config` of model_type
+            `"chameleon_vqgan"`), each image's codes fill its placeholders through the `"codebook"` embeddings.
         cross_attention_every (`int`, *optional*, defaults to 4):
             With `fusion="cross_attention"` or `"hybrid"`, a block before every this many decoder layers: before layers
             `every - 1, 2 * every - 1, ...` (OpenFlamingo's placement). Ignored when `cross_attention_layers` is set.
@@ -200,7 +213,7 @@ class VLMConfig(PretrainedConfig):
     ):
         self.vision_config = build_sub_config(vision_config, DEFAULT_VISION_CONFIG, "vision_config")
         self.text_config = build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config")
-        self.projector_type = projector_type or ("perceiver" if fusion == "cross_attention" else "mlp")
+        self.projector_type = projector_type or {"cross_attention": "perceiver", "tokenized": CODEBOOK}.get(fusion, "mlp")
         self.projector_hidden_act = projector_hidden_act
         self.projector_dropout = projector_dropout
         self.qformer_num_queries = qformer_num_queries
@@ -230,12 +243,14 @@ class VLMConfig(PretrainedConfig):
         self.validate_vision_features()
         self.validate_fusion()
         self.validate_adapter()
+        self.validate_tokenized()
 
     def validate_projector(self) -> None:
         """Raises `ValueError` naming the field, its value and what is allowed when a projector setting is invalid."""
-        if self.projector_type not in PROJECTOR_TYPES:
+        if self.projector_type not in (*PROJECTOR_TYPES, CODEBOOK):
             raise ValueError(
-                f"Unknown projector_type={self.projector_type!r}; choose one of {', '.join(map(repr, PROJECTOR_TYPES))}."
+                f"Unknown projector_type={self.projector_type!r}; choose one of {', '.join(map(repr, PROJECTOR_TYPES))} "
+                f"(or {CODEBOOK!r} with fusion='tokenized')."
             )
         activation = self.projector_hidden_act
         if not isinstance(activation, str) or activation not in ACT2FN:
@@ -268,15 +283,15 @@ class VLMConfig(PretrainedConfig):
             raise ValueError(f"image_token_id={token_id!r} is invalid; it must be a token id (an integer >= 0).")
         if not isinstance(self.image_token, str) or not self.image_token:
             raise ValueError(f"image_token={self.image_token!r} is invalid; it must be a non-empty string.")
-        widths = {
-            "qformer": ("the Q-Former width", self.qformer_width),
-            "perceiver": ("the vision hidden size", self.vision_config.hidden_size),
-        }
-        for name in ("qformer_num_heads", "perceiver_num_heads"):
+        for name, what in (("qformer_num_heads", "the Q-Former width"), ("perceiver_num_heads", "the vision hidden size")):
             projector = name.split("_")[0]
-            what, width = widths[projector]
-            if self.projector_type == projector and width % getattr(self, name):
+            if self.projector_type != projector:
+                continue
+            width = self.qformer_width if projector == "qformer" else self.vision_config.hidden_size
+            if width % getattr(self, name):
                 raise ValueError(f"{name}={getattr(self, name)} is invalid; it must divide {what} ({width}).")
+        if self.is_vq_tokenizer:
+            return
         num_layers = self.vision_config.num_hidden_layers
         # Index `num_layers` is left out: it is `hidden_states[-1]`, which differs between transformers 4.x and 5.x.
         layer = self.vision_feature_layer
@@ -349,6 +364,30 @@ class VLMConfig(PretrainedConfig):
                 f"model has {num_layers} layers), or None for every layer."
             )
 
+    def validate_tokenized(self) -> None:
+        """
+        Raises `ValueError` naming the field unless tokenized fusion, the `codebook` bridge and a VQ image tokenizer as
+        the vision config come together.
+        """
+        tokenized, codebook = self.fusion == "tokenized", self.projector_type == CODEBOOK
+        model_type = self.vision_config.model_type
+        if tokenized != codebook:
+            raise ValueError(
+                f"projector_type={self.projector_type!r} with fusion={self.fusion!r}: tokenized fusion reads the codes "
+                f"of a VQ image tokenizer through projector_type={CODEBOOK!r}, and only it; set both or neither."
+            )
+        if tokenized != self.is_vq_tokenizer:
+            kinds = ", ".join(map(repr, VQ_TOKENIZER_CONFIGS))
+            raise ValueError(
+                f"fusion={self.fusion!r} with a vision_config of model_type {model_type!r}: fusion='tokenized' needs a "
+                f"VQ image tokenizer ({kinds}) as the vision tower, and a VQ tokenizer needs fusion='tokenized'."
+            )
+        if tokenized and self.vision_feature_layer != -1:
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer!r} is invalid with fusion='tokenized': the VQ "
+                "tokenizer gives its codes only; leave vision_feature_layer at -1."
+            )
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "VLMConfig":
         """A saved config (`config.json`, what `from_pretrained` reads), refused when it lacks a required field."""
@@ -384,6 +423,11 @@ class VLMConfig(PretrainedConfig):
         return self.qformer_intermediate_size or self.qformer_width * self.projector_ffn_multiplier
 
     @property
+    def is_vq_tokenizer(self) -> bool:
+        """Whether the vision tower is a VQ image tokenizer, whose features are one discrete code per latent cell."""
+        return self.vision_config.model_type in VQ_TOKENIZER_CONFIGS
+
+    @property
     def drops_class_token(self) -> bool:
         """Whether the vision tower's class token is left out of its features (`vision_feature_select_strategy`)."""
         has_class_token = self.vision_config.model_type in TOWERS_WITH_CLASS_TOKEN
@@ -392,13 +436,19 @@ class VLMConfig(PretrainedConfig):
     @property
     def num_patches(self) -> int:
         """Tokens the vision features hold per image: the patch tokens, and a kept class token."""
+        if self.is_vq_tokenizer:  # each downsampling level but the last halves the image side
+            vq_config = self.vision_config
+            return (vq_config.resolution // 2 ** (len(vq_config.channel_multiplier) - 1)) ** 2
         patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
         has_class_token = self.vision_config.model_type in TOWERS_WITH_CLASS_TOKEN
         return patches + int(has_class_token and not self.drops_class_token)
 
     @property
     def num_visual_tokens(self) -> int:
-        """Tokens the projector makes of one image: all patches (linear, mlp), or the learned queries/latents."""
+        """
+        Tokens the projector makes of one image: all patches (linear, mlp) or codes (codebook), or the learned
+        queries/latents.
+        """
         if self.projector_type == "qformer":
             return self.qformer_num_queries
         if self.projector_type == "perceiver":

@@ -40,7 +40,7 @@ except ImportError:  # transformers < 5
 
 try:
     from .adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
-    from .configuration_vlm import KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
+    from .configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VQ_TOKENIZER_CONFIGS, VLMConfig
     from .cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -53,10 +53,11 @@ try:
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from .tiling_vlm import flatten_tiles, split_thumbnails
+    from .tokenized_vlm import VLMCodeEmbedding, build_vq_tokenizer, load_vq_tokenizer, vq_codes
     from .visual_expert_vlm import VLMVisualExperts
 except ImportError:  # imported as a local module rather than as remote code
     from adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
-    from configuration_vlm import KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
+    from configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VQ_TOKENIZER_CONFIGS, VLMConfig
     from cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -69,8 +70,12 @@ except ImportError:  # imported as a local module rather than as remote code
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from tiling_vlm import flatten_tiles, split_thumbnails
+    from tokenized_vlm import VLMCodeEmbedding, build_vq_tokenizer, load_vq_tokenizer, vq_codes
     from visual_expert_vlm import VLMVisualExperts
 
+
+# What `projector_type` builds: the four projectors, and tokenized fusion's code embeddings.
+BRIDGE_CLASSES = {**PROJECTOR_CLASSES, CODEBOOK: VLMCodeEmbedding}
 
 # transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
 # generation; this is the name the installed release uses, read off its own output class.
@@ -178,6 +183,8 @@ class VLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, VLMGatedCrossAttentionBlock):
             init.zeros_(module.attention_gate)
             init.zeros_(module.ffn_gate)
+        elif isinstance(module, VLMCodeEmbedding):
+            init.normal_(module.embed_codes.weight, mean=0.0, std=std)
         elif isinstance(module, VLMAdaptionPrompt):
             init.normal_(module.prompt, mean=0.0, std=std)
             init.zeros_(module.gate)
@@ -270,8 +277,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: VLMConfig):
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
+        self.vision_tower = build_vision_tower(config)
+        self.multi_modal_projector = BRIDGE_CLASSES[config.projector_type](config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.cross_attention_blocks = build_cross_attention_blocks(config)
         self._cross_attention_context: VLMCrossAttentionContext | None = None
@@ -370,9 +377,12 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         Tokens of `config.vision_feature_layer` (with `config.vision_feature_select_strategy`): `(num_images,
         num_patches, vision_hidden_size)` from
-        `pixel_values` of shape `(num_images, num_channels, image_size, image_size)`. These are what the training
-        feature cache stores when the tower is frozen.
+        `pixel_values` of shape `(num_images, num_channels, image_size, image_size)`; with a VQ image tokenizer
+        (tokenized fusion), its codes `(num_images, num_patches)`. These are what the training feature cache stores
+        when the tower is frozen.
         """
+        if self.config.is_vq_tokenizer:
+            return vq_codes(self.vision_tower, pixel_values)
         return vision_tower_features(
             self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.drops_class_token
         )
@@ -389,8 +399,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """
         if vision_features is None:
             vision_features = self.get_vision_features(pixel_values)
-        projector_dtype = next(self.multi_modal_projector.parameters()).dtype
-        return self.multi_modal_projector(vision_features.to(projector_dtype), output_attentions=output_attentions)
+        if vision_features.is_floating_point():  # a VQ tokenizer's codes are indices
+            vision_features = vision_features.to(next(self.multi_modal_projector.parameters()).dtype)
+        return self.multi_modal_projector(vision_features, output_attentions=output_attentions)
 
     def merge_image_embeds(
         self, input_ids: torch.LongTensor, inputs_embeds: torch.FloatTensor, image_embeds: torch.FloatTensor
@@ -710,7 +721,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             model = cls(config)
         model.vision_tower = vision_tower
         model.language_model = language_model
-        model.multi_modal_projector = PROJECTOR_CLASSES[config.projector_type](config)
+        model.multi_modal_projector = BRIDGE_CLASSES[config.projector_type](config)
         model.multi_modal_projector.apply(model._init_weights)
         model.multi_modal_projector.to(dtype or torch.float32)
         model.cross_attention_blocks = build_cross_attention_blocks(config)
@@ -738,18 +749,32 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         return model, processor
 
 
+def build_vision_tower(config: VLMConfig) -> PreTrainedModel:
+    """A vision tower of `config.vision_config` with random weights: its `AutoModel`, or a VQ image tokenizer."""
+    if config.is_vq_tokenizer:  # no AutoModel builds one (transformers 4.57 and 5.x alike)
+        return build_vq_tokenizer(config.vision_config)
+    return AutoModel.from_config(config.vision_config)
+
+
 def load_vision_tower(vision: str | os.PathLike, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """
     The vision tower of a pretrained checkpoint (Hub id or directory), without its pooling head: a vision-only model,
-    or the vision half of a dual encoder such as `google/siglip-base-patch16-224`.
+    the vision half of a dual encoder such as `google/siglip-base-patch16-224`, or the VQ image tokenizer of a
+    Chameleon model (e.g. `facebook/chameleon-7b`) for tokenized fusion.
     """
-    return AutoModel.from_pretrained(vision, config=load_vision_tower_config(vision), dtype=dtype)
+    vision_config = load_vision_tower_config(vision)
+    if vision_config.model_type in VQ_TOKENIZER_CONFIGS:
+        return load_vq_tokenizer(vision, dtype)
+    return AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
 
 
 def load_vision_tower_config(vision: str | os.PathLike) -> PretrainedConfig:
-    """The config of [`load_vision_tower`]'s tower: the checkpoint's vision config, without a pooling head."""
-    vision_config = AutoConfig.from_pretrained(vision)
-    vision_config = getattr(vision_config, "vision_config", vision_config)
+    """
+    The config of [`load_vision_tower`]'s tower: the checkpoint's vision config, without a pooling head (or a
+    Chameleon model's VQ tokenizer config).
+    """
+    config = AutoConfig.from_pretrained(vision)
+    vision_config = getattr(config, "vision_config", None) or getattr(config, "vq_config", None) or config
     if hasattr(vision_config, "vision_use_head"):
         vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
     return vision_config

@@ -46,12 +46,10 @@ from transformers import HfArgumentParser
 
 from training import (
     COMPARE_ALL,
-    CONTRASTIVE_RUNS,
     INTERRUPTED_EXIT_STATUS,
     MODEL_SOURCE_FIELDS,
+    NAMED_RUNS,
     RUN_NAMES,
-    STAGE1_RUN,
-    TILED_RUNS,
     TrainingInterrupted,
     TrainingResults,
     VLMTrainingArguments,
@@ -111,7 +109,7 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
     output_dir_flag = any(arg == "--output_dir" or arg.startswith("--output_dir=") for arg in argv)
     for item in spec.split(","):
         item = item.strip()
-        if item == "all" or item in (*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS):
+        if item == "all" or item in NAMED_RUNS:
             base = parse_args(argv, config)
             for name in COMPARE_ALL if item == "all" else (item,):
                 runs += named_runs(base, name)
@@ -120,7 +118,7 @@ def comparison_runs(spec: str, argv: Sequence[str], config: str | None) -> list[
         paths = [path for path in paths if path.is_file()]
         if not paths:
             raise ValueError(
-                f"--compare item {item!r} is neither 'all', a run name ({', '.join(RUN_NAMES)}), a YAML file, nor a "
+                f"--compare item {item!r} is neither 'all', a run name ({', '.join(NAMED_RUNS)}), a YAML file, nor a "
                 f"prefix of {item}_<name>.yaml files."
             )
         for path in paths:

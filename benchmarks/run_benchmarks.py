@@ -47,7 +47,7 @@ from benchmarks.sections import (
 )
 from benchmarks.workloads import benchmark_settings
 from evaluation.markdown_tables import markdown_table
-from training.comparison import RUN_NAMES
+from training.comparison import RUN_NAMES, TOKENIZED_RUN
 
 
 def run_benchmarks(
@@ -139,9 +139,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a smoke test on CPU, not a timing")
     parser.add_argument(
-        "--projectors", nargs="+", choices=RUN_NAMES, help="runs: projector types, <projector>_xattn for "
+        "--projectors",
+        nargs="+",
+        choices=(*RUN_NAMES, TOKENIZED_RUN),
+        help="runs: projector types, <projector>_xattn for "
         "cross-attention fusion, <projector>_expert for visual experts, <projector>_adapter for LLaMA-Adapter's "
-        "gated prompts; default: the four projectors and "
+        "gated prompts, tokenized for Chameleon's VQ tokenizer; default: the four projectors and "
         "perceiver_xattn"
     )
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="training and vision batch sizes")

@@ -197,18 +197,20 @@ def generation_seconds(
 
 def fusion_comparison(training: list[dict[str, Any]], generation: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
-    Early against deep fusion at the same visual budget, derived from the measured rows: every `<projector>` run
-    measured beside runs of the same projector with another fusion (`<projector>_xattn`, `_expert`, `_adapter`), then
-    those runs, with their language-model sequence length, trainable parameters, training samples/s and peak memory
-    at the largest batch size, and generation captions/s.
+    Early against the other fusions at the same visual budget, derived from the measured rows: every `<projector>` run
+    measured beside runs of the same projector with another fusion (`<projector>_xattn`, `_expert`, `_adapter`; the
+    tokenized run beside `mlp`, which keeps its 196 tokens per image too), then those runs, with their language-model
+    sequence length, trainable parameters, training samples/s and peak memory at the largest batch size, and
+    generation captions/s.
     """
     train = {row["projector"]: row for row in largest_batch_rates(training)}
     captions = {row["projector"]: row["captions_per_s"] for row in generation}
     runs = []
     for name in train:
-        projector_type = run_settings(name)["projector_type"]
-        if name != projector_type and projector_type in train:
-            runs += [run for run in (projector_type, name) if run not in runs]
+        settings = run_settings(name)
+        peer = "mlp" if settings["fusion"] == "tokenized" else settings["projector_type"]
+        if name != peer and peer in train:
+            runs += [run for run in (peer, name) if run not in runs]
     rows = []
     for run in runs:
         row = train[run]

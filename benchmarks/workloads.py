@@ -23,12 +23,15 @@ from models.tiny import (
     set_tiny_generation_config,
 )
 from processing_vlm import VLMProcessor, make_chat_template
-from training.comparison import ALL_RUNS, run_settings
+from training.comparison import ALL_RUNS, TOKENIZED_RUN, run_settings
 from training.data import CaptionCollator
 
 
 SYNTHETIC_CAPTION = "A man riding a wave on top of a surfboard in the ocean."
 IMAGE_SIZE = 224
+# Chameleon's VQ tokenizer (its default config: 8,192 codes, 4 halvings) at the benchmark's 224 px: 14 x 14 codes, the
+# visual budget of SigLIP-base's 196 patches.
+REAL_SIZE_VQ_CONFIG = {"model_type": "chameleon_vqgan", "resolution": IMAGE_SIZE}
 
 
 @dataclass
@@ -80,12 +83,15 @@ def build_benchmark_model(
     The model of `run_name` (a projector type, `<projector>_xattn` for cross-attention fusion, or a tiled run of
     `training.comparison.TILED_RUNS`): the tiny VLM of
     `tiny_vlm.py` with `small`, else a real-size one from [`VLMConfig`] defaults (SigLIP-base + Qwen2.5-0.5B shapes,
-    random weights; cross-attention before every 4th decoder layer) with SigLIP's 224 px preprocessing and the tiny
-    offline tokenizer. `config_overrides` are [`VLMConfig`] arguments of the real-size model.
+    random weights; cross-attention before every 4th decoder layer; Chameleon's VQ tokenizer at 224 px for the
+    tokenized run) with SigLIP's 224 px preprocessing and the tiny offline tokenizer. `config_overrides` are
+    [`VLMConfig`] arguments of the real-size model.
     """
     if small:
         return build_tiny_vlm(**run_settings(run_name))
     tokenizer = build_tiny_tokenizer(IMAGE_TOKEN)
+    if run_name == TOKENIZED_RUN:
+        config_overrides = {"vision_config": REAL_SIZE_VQ_CONFIG, **config_overrides}
     config = VLMConfig(
         **run_settings(run_name),
         image_token=IMAGE_TOKEN,
@@ -119,7 +125,8 @@ def training_batch(
     """A training batch as `train()` sees it with the feature cache on: `CaptionCollator` over cached features."""
     pixel_values = processor.image_processor(synthetic_images(batch_size), return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        features = model.get_vision_features(pixel_values.to(device)).float()
+        features = model.get_vision_features(pixel_values.to(device))
+    features = features.float() if features.is_floating_point() else features  # a VQ tokenizer's codes stay indices
     examples = [
         {"image_id": str(i), "caption": SYNTHETIC_CAPTION, "vision_features": features[i].clone()}
         for i in range(batch_size)

@@ -51,6 +51,19 @@ TINY_CLIP_VISION_CONFIG: dict[str, Any] = {
     **{name: value for name, value in TINY_VISION_CONFIG.items() if name != "vision_use_head"},
     "model_type": "clip_vision_model",
 }
+# Chameleon's VQ image tokenizer at the tiny size, for tokenized fusion: 32 px images, 3 halvings -> a 4 x 4 grid of
+# codes (the 16 tokens of the tiny SigLIP's patches) from a 256-entry codebook.
+TINY_VQ_CONFIG: dict[str, Any] = {
+    "model_type": "chameleon_vqgan",
+    "embed_dim": 16,
+    "num_embeddings": 256,
+    "latent_channels": 32,
+    "resolution": 32,
+    "base_channels": 32,
+    "channel_multiplier": [1, 2, 2, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+}
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",
     "hidden_size": 64,
@@ -195,9 +208,12 @@ def build_tiny_vlm(
     """
     A complete tiny VLM with random weights and its processor, identical for a given `seed`. `overrides` are
     [`VLMConfig`] arguments; `vision_config` / `text_config` dicts update the tiny towers' settings (a `vision_config`
-    of another `model_type`, such as `TINY_CLIP_VISION_CONFIG`, replaces the tiny SigLIP's).
+    of another `model_type`, such as `TINY_CLIP_VISION_CONFIG`, replaces the tiny SigLIP's). With
+    `fusion="tokenized"` the tower is a tiny VQ tokenizer (`TINY_VQ_CONFIG`), initialised the same way in every
+    transformers version (torch's default initialisation; transformers 4.57's would give every patch one code).
     """
-    vision_config = overrides.pop("vision_config", {})
+    tokenized = overrides.get("fusion") == "tokenized"
+    vision_config = overrides.pop("vision_config", TINY_VQ_CONFIG if tokenized else {})
     if vision_config.get("model_type", TINY_VISION_CONFIG["model_type"]) == TINY_VISION_CONFIG["model_type"]:
         vision_config = {**TINY_VISION_CONFIG, **vision_config}
     text_config = {**TINY_TEXT_CONFIG, **overrides.pop("text_config", {})}
@@ -216,6 +232,10 @@ def build_tiny_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VLMForConditionalGeneration(config)
+        if tokenized:
+            for module in model.vision_tower.modules():
+                if module is not model.vision_tower and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
     set_tiny_generation_config(model, tokenizer)
     model.eval()
     return model, build_tiny_processor(config.num_image_tokens, image_token, config.max_tiles, config.fusion)

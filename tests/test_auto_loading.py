@@ -99,6 +99,7 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         ("mlp", "hybrid", {"fusion": "hybrid", "max_tiles": 4}),  # NVLM-H: the thumbnail early, the tiles deep
         ("qformer", "visual_expert", {"fusion": "visual_expert"}),  # CogVLM: the image positions through experts
         ("mlp", "adapter-tiles", {"fusion": "adapter", "adapter_num_layers": 1, "max_tiles": 4}),  # LLaMA-Adapter V2
+        ("codebook", "tokenized", {"fusion": "tokenized"}),  # Chameleon: a VQ tokenizer's codes, code embeddings
     ]
     for projector_type, name, settings in builds:
         fusion = "cross_attention" if name == "cross_attention" else "early"
@@ -113,7 +114,8 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         processor.save_pretrained(directory)
         saved = set(os.listdir(directory))
         hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py",
-                     "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py", "adapter_vlm.py"}
+                     "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py", "adapter_vlm.py",
+                     "tokenized_vlm.py"}
         assert hub_files | {"model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

@@ -202,11 +202,12 @@ def test_the_tiles_benchmark_measures_whole_tiled_and_hybrid_reads():
 def test_the_fusion_table_lists_each_early_run_once_before_its_deep_fusions():
     measured = {"batch_size": 2, "sequence_length": 9, "trainable_parameters": 1, "samples_per_s": 1.0,
                 "peak_memory_mb": 1.0}  # fmt: skip
-    names = ["mlp", "mlp_xattn", "perceiver", "mlp_expert", "mlp_adapter"]
+    names = ["mlp", "mlp_xattn", "perceiver", "mlp_expert", "mlp_adapter", "tokenized"]
     training = [{"projector": name, **measured} for name in names]
     generation = [{"projector": name, "captions_per_s": index / 10} for index, name in enumerate(names)]
     rows = fusion_comparison(training, generation)
     assert [(row["run"], row["fusion"]) for row in rows] == [
-        ("mlp", "early"), ("mlp_xattn", "cross_attention"), ("mlp_expert", "visual_expert"), ("mlp_adapter", "adapter")
+        ("mlp", "early"), ("mlp_xattn", "cross_attention"), ("mlp_expert", "visual_expert"), ("mlp_adapter", "adapter"),
+        ("tokenized", "tokenized"),
     ]  # fmt: skip
-    assert [row["captions_per_s"] for row in rows] == [0.0, 0.1, 0.3, 0.4]
+    assert [row["captions_per_s"] for row in rows] == [0.0, 0.1, 0.3, 0.4, 0.5]

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from configuration_vlm import FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
+from configuration_vlm import CODEBOOK, FUSION_TYPES, PROJECTOR_TYPES, VLMConfig
 from evaluation.captioning import CAPTION_PROMPT
 
 from .argument_rules import check_numbers
@@ -73,7 +73,9 @@ class VLMTrainingArguments:
             "before every cross_attention_every-th decoder layer (Flamingo; set it in model_config); hybrid: the "
             "thumbnail early, the tiles through the blocks (NVLM-H); visual_expert: image positions through copies of "
             "the decoder layers' projections and MLPs (CogVLM); adapter: gated adaption prompts plus the image's "
-            "tokens in the top adapter_num_layers layers' self-attention (LLaMA-Adapter V2)."
+            "tokens in the top adapter_num_layers layers' self-attention (LLaMA-Adapter V2); tokenized: a VQ "
+            "tokenizer's codes through trainable code embeddings (Chameleon; the tiny model's own tokenizer, or a "
+            "Chameleon checkpoint as vision_model)."
         },
     )
     vision_feature_layer: int | None = field(default=None, metadata={"help": "Vision layer the projector reads."})
@@ -304,10 +306,13 @@ class VLMTrainingArguments:
         self._check_model_source()
         if self.fusion not in FUSION_TYPES:
             raise ValueError(f"fusion={self.fusion!r} is invalid; choose one of {FUSION_TYPES}.")
-        default_projector = "perceiver" if self.fusion == "cross_attention" else "mlp"
+        default_projector = {"cross_attention": "perceiver", "tokenized": CODEBOOK}.get(self.fusion, "mlp")
         self.projector_type = self.projector_type or ("qformer" if self.stage == QFORMER_STAGE1 else default_projector)
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES}.")
+        if self.projector_type not in (*PROJECTOR_TYPES, CODEBOOK):
+            raise ValueError(
+                f"projector_type={self.projector_type!r} is invalid; choose one of {PROJECTOR_TYPES} (or {CODEBOOK!r} "
+                "with fusion='tokenized')."
+            )
         if self.stage not in STAGES:
             raise ValueError(f"stage={self.stage!r} is invalid; choose one of {STAGES}.")
         if self.eval_strategy not in ("epoch", "no"):

@@ -11,7 +11,7 @@ in tiles ([`TILED_RUNS`]).
 import os
 from dataclasses import replace
 
-from configuration_vlm import PROJECTOR_TYPES, SEQUENCE_FUSIONS
+from configuration_vlm import CODEBOOK, PROJECTOR_TYPES, SEQUENCE_FUSIONS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE
 from evaluation.markdown_tables import format_score, markdown_table
 
@@ -57,6 +57,10 @@ Each projector with dynamic resolution, up to [`COMPARISON_MAX_TILES`] tiles and
 the sequence (`<projector>_tiles`), or NVLM's hybrid, the thumbnail in the sequence and the tiles through gated
 cross-attention (`<projector>_hybrid`).
 """
+TOKENIZED_RUN = "tokenized"
+"""Tokenized early fusion: a VQ tokenizer's codes through the code embeddings (the tiny model's: `TINY_VQ_CONFIG`)."""
+NAMED_RUNS = (*RUN_NAMES, STAGE1_RUN, TOKENIZED_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS)
+"""Every run `--compare` knows by name."""
 COMPARE_ALL = (*ALL_RUNS, STAGE1_RUN)
 """`--compare all`: every bridge, and the Q-Former with stage 1 beside the one without."""
 STAGE1_DIR = "stage1"
@@ -64,11 +68,13 @@ STAGE1_DIR = "stage1"
 
 def run_settings(name: str) -> dict[str, str]:
     """
-    The `projector_type` and `fusion` of the run called `name` (one of [`RUN_NAMES`], [`STAGE1_RUN`],
-    [`CONTRASTIVE_RUNS`] or [`TILED_RUNS`], which adds its `max_tiles`).
+    The `projector_type` and `fusion` of the run called `name` (one of [`NAMED_RUNS`]; a tiled run adds its
+    `max_tiles`).
     """
     if name == STAGE1_RUN:
         return {"projector_type": "qformer", "fusion": "early"}
+    if name == TOKENIZED_RUN:
+        return {"projector_type": CODEBOOK, "fusion": "tokenized"}
     if name in CONTRASTIVE_RUNS:
         return {"projector_type": name.removesuffix(CONTRASTIVE_SUFFIX), "fusion": "early"}
     if name in TILED_RUNS:
@@ -76,8 +82,7 @@ def run_settings(name: str) -> dict[str, str]:
         return {"projector_type": projector_type, "fusion": "early" if suffix == "tiles" else "hybrid",
                 "max_tiles": COMPARISON_MAX_TILES}  # fmt: skip
     if name not in RUN_NAMES:
-        known = ", ".join((*RUN_NAMES, STAGE1_RUN, *CONTRASTIVE_RUNS, *TILED_RUNS))
-        raise ValueError(f"Unknown run {name!r}; choose one of {known}.")
+        raise ValueError(f"Unknown run {name!r}; choose one of {', '.join(NAMED_RUNS)}.")
     for suffix, fusion in FUSION_SUFFIXES.items():
         if name.endswith(suffix):
             return {"projector_type": name.removesuffix(suffix), "fusion": fusion}

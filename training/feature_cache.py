@@ -146,6 +146,8 @@ def compute_vision_features(
     vlm.vision_tower.to(vision_tower_device).train(training)
     if not chunks:
         config = vlm.config
+        if getattr(config, "is_vq_tokenizer", False):  # one code per latent cell
+            return torch.empty(0, config.num_patches, dtype=torch.long), row_index
         tokens = () if getattr(vlm, "reads_pooled_vision_features", False) else (config.num_patches,)
         return torch.empty(0, *tokens, config.vision_config.hidden_size), row_index
     return torch.cat(chunks), row_index

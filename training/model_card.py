@@ -242,6 +242,12 @@ def _bridge_sentence(results: TrainingResults) -> str:
             f"{results.num_image_tokens} image tokens per image in the language model's input go through their own\n"
             f"attention projections and MLP in decoder layers {', '.join(map(str, results.visual_expert_layers or []))}"
         )
+    if results.fusion == "tokenized":
+        return (
+            "a frozen **VQ image tokenizer** (tokenized early fusion, as in Chameleon): each image's\n"
+            f"{results.num_image_tokens} discrete codes enter the language model's input through trainable code "
+            "embeddings"
+        )
     if results.fusion == "adapter":
         return (
             f"a **{results.projector_type}** projector and **gated adaption prompts** (deep fusion, as in\n"

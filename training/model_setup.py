@@ -212,6 +212,11 @@ def configure_trainable_parameters(
             "stage='lora' with fusion='visual_expert': the adapters would wrap the language model's projections that "
             "the visual experts stand in for at image positions; train the experts with stage 'align' or 'finetune'."
         )
+    if unfreeze_vision and model.config.is_vq_tokenizer:
+        raise ValueError(
+            "unfreeze_vision with fusion='tokenized': the VQ tokenizer's codes are discrete, no gradient reaches it; "
+            "train the code embeddings (and the language model) with the tokenizer frozen."
+        )
     model.requires_grad_(False)
     model.multi_modal_projector.requires_grad_(True)
     model.cross_attention_blocks.requires_grad_(True)

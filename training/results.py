@@ -165,6 +165,8 @@ def bridge_description(model: VLMForConditionalGeneration | QFormerForPretrainin
     if fields["fusion"] == "visual_expert":
         layers = ", ".join(map(str, fields["visual_expert_layers"]))
         return f"{fields['projector_type']} projector + visual experts in decoder layers {layers}"
+    if fields["fusion"] == "tokenized":
+        return f"VQ tokenizer codes + code embeddings ({fields['num_visual_tokens']} tokens per image)"
     if fields["fusion"] == "adapter":
         layers = ", ".join(map(str, fields["adapter_layers"]))
         return f"{fields['projector_type']} projector + gated adaption prompts in decoder layers {layers}"

@@ -1,0 +1,87 @@
+# Copyright 2026 The VLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Tokenized early fusion (Chameleon, Emu3; `fusion="tokenized"`): a frozen VQ image tokenizer (transformers'
+`ChameleonVQVAE`) turns each image into a grid of discrete codes, and a trainable embedding per code
+([`VLMCodeEmbedding`], `projector_type="codebook"`) makes each code one language-model embedding that fills one image
+placeholder, as with early fusion. The language model's own embeddings and vocabulary are untouched: the model reads
+image tokens and writes text only (generating image tokens, as Chameleon does, is out of scope).
+"""
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoConfig, ChameleonVQVAE, PretrainedConfig
+
+
+try:
+    from .configuration_vlm import VLMConfig
+    from .processing_vlm import IS_TRANSFORMERS_4
+    from .projectors_vlm import VLMProjectorOutput
+except ImportError:  # imported as a local module rather than as remote code
+    from configuration_vlm import VLMConfig
+    from processing_vlm import IS_TRANSFORMERS_4
+    from projectors_vlm import VLMProjectorOutput
+
+
+# Where a full Chameleon checkpoint keeps its VQ tokenizer's weights, and what they become: transformers 4.x drops
+# the leading `model.` (the base model's prefix) after mapping the keys, and skips every key without it.
+CHAMELEON_VQ_KEYS = {r"^model\.vqmodel\.": "model." if IS_TRANSFORMERS_4 else ""}
+
+
+def build_vq_tokenizer(vq_config: PretrainedConfig) -> ChameleonVQVAE:
+    """A VQ image tokenizer of `vq_config` (random weights), frozen in eval mode as Chameleon keeps it."""
+    return ChameleonVQVAE(vq_config).eval()
+
+
+def vq_tokenizer_config(source: str | os.PathLike) -> PretrainedConfig:
+    """The VQ tokenizer's config of a checkpoint: a Chameleon model's `vq_config`, or a VQ tokenizer's own config."""
+    config = AutoConfig.from_pretrained(source)
+    return getattr(config, "vq_config", config)
+
+
+def load_vq_tokenizer(source: str | os.PathLike, dtype: torch.dtype | None = None) -> ChameleonVQVAE:
+    """
+    The VQ tokenizer of a checkpoint (Hub id or directory): of a full Chameleon model (e.g. `facebook/chameleon-7b`,
+    whose language model's weights are left unread), or a VQ tokenizer saved on its own.
+    """
+    tokenizer, info = ChameleonVQVAE.from_pretrained(
+        source,
+        config=vq_tokenizer_config(source),
+        key_mapping=CHAMELEON_VQ_KEYS,
+        dtype=dtype,
+        output_loading_info=True,
+    )
+    if info["missing_keys"]:  # transformers would leave them random and only warn
+        missing = sorted(info["missing_keys"])
+        raise ValueError(
+            f"{source} holds no VQ image tokenizer weights where a Chameleon checkpoint keeps them (`model.vqmodel.*`) "
+            f"or a tokenizer saved on its own does: {len(missing)} are missing (e.g. {missing[0]})."
+        )
+    return tokenizer.eval()
+
+
+def vq_codes(tokenizer: ChameleonVQVAE, pixel_values: torch.FloatTensor) -> torch.LongTensor:
+    """
+    The codes `(num_images, latent_height * latent_width)` of `pixel_values` `(num_images, 3, resolution, resolution)`:
+    the encoder, its 1x1 convolution and the nearest codebook entry, as `ChameleonVQVAE.encode` computes them (whose
+    return type differs between transformers 4.x and 5.x).
+    """
+    hidden_states = tokenizer.quant_conv(tokenizer.encoder(pixel_values.to(tokenizer.dtype)))
+    _, _, codes = tokenizer.quantize(hidden_states)
+    return codes.view(len(pixel_values), -1)
+
+
+class VLMCodeEmbedding(nn.Module):
+    """
+    Tokenized fusion's bridge: a trainable embedding `(num_codes, text_hidden_size)` per code of the VQ tokenizer's
+    codebook, in the language model's input space.
+    """
+
+    def __init__(self, config: VLMConfig):
+        super().__init__()
+        self.embed_codes = nn.Embedding(config.vision_config.num_embeddings, config.text_config.hidden_size)
+
+    def forward(self, codes: torch.LongTensor, output_attentions: bool = False) -> VLMProjectorOutput:
+        """`codes` `(num_images, num_codes)` -> image embeddings `(num_images, num_codes, text_hidden_size)`."""
+        return VLMProjectorOutput(image_embeds=self.embed_codes(codes))
