@@ -103,7 +103,7 @@ def format_report(report: dict[str, Any]) -> str:
             ((r["projector"], r["batch_size"], r["num_captions"], r["max_new_tokens"], f"{r['captions_per_s']:.2f}")
              for r in report["generation"]),
         ),
-        "Early vs deep fusion at the same visual budget (align; largest batch):\n" + markdown_table(
+        "Early fusion against the others at the same visual budget (align; largest batch):\n" + markdown_table(
             ("run", "fusion", "batch", "LLM seq len", "trainable params", "samples/s", "peak MB", "captions/s"),
             ((r["run"], r["fusion"], r["batch_size"], r["sequence_length"], f"{r['trainable_parameters']:,}",
               f"{r['samples_per_s']:.2f}", f"{r['peak_memory_mb']:.0f}",

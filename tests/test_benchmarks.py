@@ -95,7 +95,7 @@ def test_report_tables_have_their_columns_and_every_projector(report):
     assert [row[0] for row in lever_rows] == [row["variant"] for row in report["loss_lever"]]
     seed = report["seed_experiment"]
     assert f"Seed 000 experiment: {seed['wall_s']:.1f} s wall for mlp, qformer, perceiver x 1 epochs" in text
-    header, rows = tables["Early vs deep fusion at the same visual budget (align; largest batch)"]
+    header, rows = tables["Early fusion against the others at the same visual budget (align; largest batch)"]
     assert header == [
         "run", "fusion", "batch", "LLM seq len", "trainable params", "samples/s", "peak MB", "captions/s",
     ]  # fmt: skip
