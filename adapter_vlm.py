@@ -30,14 +30,20 @@ except ImportError:  # imported as a local module rather than as remote code
 # The attention module of a decoder layer (Llama's, Qwen2's, Mistral's layout) and the projections the prompts use.
 ATTENTION_PATH = "self_attn"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# What an attention does to its queries and keys beyond Llama's (Qwen3's and OLMo2's norms, Gemma 2's score capping),
+# which the prompts' path would leave out.
+UNSUPPORTED_ATTENTION_PARTS = ("q_norm", "k_norm")
+UNSUPPORTED_TEXT_SETTINGS = ("attn_logit_softcapping",)
 
 
 def adapted_attentions(language_model: PreTrainedModel, layers: list[int]) -> dict[int, nn.Module]:
     """
     The attention module of each decoder layer in `layers`. Raises `ValueError` when the language model's decoder
-    layers, their attention or its projections cannot be found.
+    layers, their attention or its projections cannot be found, or when its attention does more to the queries and
+    keys than Llama's (the prompts' path would compute another attention than the layer's).
     """
     decoder_layers = find_decoder_layers(language_model, fusion="adapter")
+    settings = [name for name in UNSUPPORTED_TEXT_SETTINGS if getattr(language_model.config, name, None) is not None]
     attentions = {}
     for layer in layers:
         attention = getattr(decoder_layers[layer], ATTENTION_PATH, None)
@@ -48,6 +54,13 @@ def adapted_attentions(language_model: PreTrainedModel, layers: list[int]) -> di
                 f"fusion='adapter' runs the adaption prompts through each adapted decoder layer's "
                 f"{ATTENTION_PATH}.{{{','.join(ATTENTION_PROJECTIONS)}}}, but layer {layer} of "
                 f"{type(language_model).__name__} has no `{path}`; use another fusion with this model."
+            )
+        extra = [f"{ATTENTION_PATH}.{name}" for name in UNSUPPORTED_ATTENTION_PARTS if hasattr(attention, name)]
+        if extra or settings:
+            raise ValueError(
+                f"fusion='adapter' computes the prompts' attention as Llama's, but layer {layer} of "
+                f"{type(language_model).__name__} also applies {', '.join(extra + settings)}; use another fusion "
+                "with this model."
             )
         attentions[layer] = attention
     return attentions
@@ -76,16 +89,20 @@ class VLMAdaptionPrompt(nn.Module):
         self.gate = nn.Parameter(torch.zeros(self.num_heads))
 
     def split_heads(self, states: torch.Tensor) -> torch.Tensor:
-        """`(batch, length, heads * head_dim)` -> `(batch, num_heads, length, head_dim)`, key/value heads repeated."""
-        states = states.view(*states.shape[:2], -1, self.head_dim).transpose(1, 2)
+        """`(batch, length, heads * head_dim)` -> `(batch, heads, length, head_dim)`."""
+        return states.view(*states.shape[:2], -1, self.head_dim).transpose(1, 2)
+
+    def repeat_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """Key/value heads `(batch, num_key_value_heads, length, head_dim)` repeated to each query head's."""
         return states.repeat_interleave(self.num_heads // states.shape[1], dim=1)
 
     def keys_values(
         self, attention: nn.Module, visual_states: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Key and value `(batch, num_heads, num_keys, head_dim)` of the prompt plus `visual_states` `(batch, num_keys,
-        dim)` (each image's tokens, or its tiles' one after the other) through `attention`'s frozen projections.
+        Key and value `(batch, num_key_value_heads, num_keys, head_dim)` of the prompt plus `visual_states` `(batch,
+        num_keys, dim)` (each image's tokens, or its tiles' one after the other) through `attention`'s frozen
+        projections; kept per sequence before the heads are repeated.
         """
         prompts = self.prompt.repeat(visual_states.shape[1] // len(self.prompt), 1)
         states = (visual_states + prompts).to(dtype)
@@ -109,9 +126,16 @@ class VLMAdaptionPrompt(nn.Module):
         """
         if visual_states is not None:
             key_value = self.keys_values(attention, visual_states, hidden_states.dtype)
-        key, value = key_value
-        query = rotate_queries(self.split_heads(attention.q_proj(hidden_states)), position_embeddings)
-        scores = (query @ key.transpose(-1, -2)).float() * self.head_dim**-0.5
+        key, value = (self.repeat_heads(states) for states in key_value)
+        query = self.split_heads(attention.q_proj(hidden_states))
+        if position_embeddings[0].shape[-1] != self.head_dim:
+            raise ValueError(
+                f"fusion='adapter' rotates whole query heads ({self.head_dim} wide), but the language model's rotary "
+                f"embeddings are {position_embeddings[0].shape[-1]} wide (partial rotary); use another fusion."
+            )
+        query = rotate_queries(query, position_embeddings)
+        scaling = getattr(attention, "scaling", self.head_dim**-0.5)  # the layer's own, as its softmax uses
+        scores = (query @ key.transpose(-1, -2)).float() * scaling
         weights = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
         gated = self.gate.tanh()[:, None, None].float() * weights
         output = gated.to(value.dtype) @ value

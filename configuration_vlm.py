@@ -239,11 +239,11 @@ class VLMConfig(PretrainedConfig):
         self.loss_chunk_size = loss_chunk_size
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
+        self.validate_tokenized()  # first: the projector's checks read a vision width that a VQ tokenizer lacks
         self.validate_projector()
         self.validate_vision_features()
         self.validate_fusion()
         self.validate_adapter()
-        self.validate_tokenized()
 
     def validate_projector(self) -> None:
         """Raises `ValueError` naming the field, its value and what is allowed when a projector setting is invalid."""

@@ -53,7 +53,13 @@ try:
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from .tiling_vlm import flatten_tiles, split_thumbnails
-    from .tokenized_vlm import VLMCodeEmbedding, build_vq_tokenizer, load_vq_tokenizer, vq_codes
+    from .tokenized_vlm import (
+        VLMCodeEmbedding,
+        build_vq_tokenizer,
+        load_vq_tokenizer,
+        vq_codes,
+        vq_tokenizer_config,
+    )
     from .visual_expert_vlm import VLMVisualExperts
 except ImportError:  # imported as a local module rather than as remote code
     from adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
@@ -70,7 +76,13 @@ except ImportError:  # imported as a local module rather than as remote code
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from tiling_vlm import flatten_tiles, split_thumbnails
-    from tokenized_vlm import VLMCodeEmbedding, build_vq_tokenizer, load_vq_tokenizer, vq_codes
+    from tokenized_vlm import (
+        VLMCodeEmbedding,
+        build_vq_tokenizer,
+        load_vq_tokenizer,
+        vq_codes,
+        vq_tokenizer_config,
+    )
     from visual_expert_vlm import VLMVisualExperts
 
 
@@ -773,8 +785,11 @@ def load_vision_tower_config(vision: str | os.PathLike) -> PretrainedConfig:
     The config of [`load_vision_tower`]'s tower: the checkpoint's vision config, without a pooling head (or a
     Chameleon model's VQ tokenizer config).
     """
-    config = AutoConfig.from_pretrained(vision)
-    vision_config = getattr(config, "vision_config", None) or getattr(config, "vq_config", None) or config
+    vq_config = vq_tokenizer_config(vision)
+    if vq_config is not None:
+        return vq_config
+    vision_config = AutoConfig.from_pretrained(vision)
+    vision_config = getattr(vision_config, "vision_config", vision_config)
     if hasattr(vision_config, "vision_use_head"):
         vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
     return vision_config

@@ -11,15 +11,15 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoConfig, ChameleonVQVAE, PretrainedConfig
+from transformers import AutoConfig, ChameleonVQVAE, ChameleonVQVAEConfig, PretrainedConfig
 
 
 try:
-    from .configuration_vlm import VLMConfig
+    from .configuration_vlm import VQ_TOKENIZER_CONFIGS, VLMConfig
     from .processing_vlm import IS_TRANSFORMERS_4
     from .projectors_vlm import VLMProjectorOutput
 except ImportError:  # imported as a local module rather than as remote code
-    from configuration_vlm import VLMConfig
+    from configuration_vlm import VQ_TOKENIZER_CONFIGS, VLMConfig
     from processing_vlm import IS_TRANSFORMERS_4
     from projectors_vlm import VLMProjectorOutput
 
@@ -34,10 +34,17 @@ def build_vq_tokenizer(vq_config: PretrainedConfig) -> ChameleonVQVAE:
     return ChameleonVQVAE(vq_config).eval()
 
 
-def vq_tokenizer_config(source: str | os.PathLike) -> PretrainedConfig:
-    """The VQ tokenizer's config of a checkpoint: a Chameleon model's `vq_config`, or a VQ tokenizer's own config."""
-    config = AutoConfig.from_pretrained(source)
-    return getattr(config, "vq_config", config)
+def vq_tokenizer_config(source: str | os.PathLike) -> PretrainedConfig | None:
+    """
+    The VQ tokenizer's config of a checkpoint: a Chameleon model's `vq_config`, or a VQ tokenizer's own config (read
+    without `AutoConfig`, which does not know it in transformers 4.57); `None` for any other checkpoint.
+    """
+    config_dict, _ = PretrainedConfig.get_config_dict(source)
+    if config_dict.get("model_type") in VQ_TOKENIZER_CONFIGS:
+        return ChameleonVQVAEConfig.from_pretrained(source)
+    if config_dict.get("model_type") == "chameleon":
+        return AutoConfig.from_pretrained(source).vq_config
+    return None
 
 
 def load_vq_tokenizer(source: str | os.PathLike, dtype: torch.dtype | None = None) -> ChameleonVQVAE:
@@ -64,12 +71,16 @@ def load_vq_tokenizer(source: str | os.PathLike, dtype: torch.dtype | None = Non
 def vq_codes(tokenizer: ChameleonVQVAE, pixel_values: torch.FloatTensor) -> torch.LongTensor:
     """
     The codes `(num_images, latent_height * latent_width)` of `pixel_values` `(num_images, 3, resolution, resolution)`:
-    the encoder, its 1x1 convolution and the nearest codebook entry, as `ChameleonVQVAE.encode` computes them (whose
-    return type differs between transformers 4.x and 5.x).
+    the encoder and its 1x1 convolution (in the tokenizer's dtype, autocast off) and the nearest codebook entry, as
+    `ChameleonVQVAE.encode` computes them (whose return type differs between transformers 4.x and 5.x).
     """
-    hidden_states = tokenizer.quant_conv(tokenizer.encoder(pixel_values.to(tokenizer.dtype)))
-    _, _, codes = tokenizer.quantize(hidden_states)
-    return codes.view(len(pixel_values), -1)
+    with torch.autocast(pixel_values.device.type, enabled=False):  # the same codes in training and at inference
+        hidden_states = tokenizer.quant_conv(tokenizer.encoder(pixel_values.to(tokenizer.dtype)))
+        # The nearest codebook entry in float32: in bf16 the distances of near-equal entries tie and the codes drift.
+        latents = hidden_states.float().permute(0, 2, 3, 1).flatten(0, 2)
+        codebook = tokenizer.quantize.embedding.weight.float()
+        distances = latents.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * latents @ codebook.T
+    return distances.argmin(dim=1).view(len(pixel_values), -1)
 
 
 class VLMCodeEmbedding(nn.Module):

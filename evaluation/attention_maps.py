@@ -54,15 +54,28 @@ def saliency_map(
 ) -> torch.Tensor:
     """
     Gradient saliency of `caption` over the patch grid, `(grid, grid)` summing to 1: the norm of the gradient of the
-    caption's log-likelihood with respect to each patch token of the vision tower.
+    caption's log-likelihood with respect to each patch token of the vision tower (with a VQ tokenizer, to the
+    embedding of each code of its grid).
     """
     text = processor.apply_chat_template(caption_messages(caption=caption))
     inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
     with torch.no_grad():
         vision_features = model.get_vision_features(inputs.pop("pixel_values").to(model.dtype))
-    vision_features.requires_grad_(True)
-    loss = model(**inputs, vision_features=vision_features, labels=processor.build_labels(inputs["input_ids"])).loss
-    (gradient,) = torch.autograd.grad(loss, vision_features)
+    labels = processor.build_labels(inputs["input_ids"])
+    if not vision_features.is_floating_point():  # a VQ tokenizer's codes: the gradient at their embeddings
+        with torch.no_grad():
+            embeddings = model.get_image_features(vision_features=vision_features).image_embeds
+        embeddings.requires_grad_(True)
+        leaf = model.multi_modal_projector.register_forward_hook(lambda module, args, output: type(output)(embeddings))
+        try:
+            loss = model(**inputs, vision_features=vision_features, labels=labels).loss
+        finally:
+            leaf.remove()
+        (gradient,) = torch.autograd.grad(loss, embeddings)
+    else:
+        vision_features.requires_grad_(True)
+        loss = model(**inputs, vision_features=vision_features, labels=labels).loss
+        (gradient,) = torch.autograd.grad(loss, vision_features)
     saliency = gradient[0].float().norm(dim=-1)
     saliency = saliency / saliency.sum()
     grid = math.isqrt(saliency.numel())

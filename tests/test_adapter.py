@@ -17,9 +17,10 @@ from model_checks import (
 from PIL import Image
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
+from configuration_vlm import VLMConfig
 from cross_attention_vlm import IMAGE_CACHE_ATTRIBUTE, cross_attention_context
-from modeling_vlm import CACHE_NAME
-from models.tiny import build_tiny_vlm
+from modeling_vlm import CACHE_NAME, VLMForConditionalGeneration
+from models.tiny import TINY_VISION_CONFIG, build_tiny_vlm
 
 
 def build_adapter_vlm(projector_type: str = "mlp", open_gates: bool = True, seed: int = 0, **overrides):
@@ -118,9 +119,9 @@ def test_tiles_give_every_tile_the_prompt_and_padded_tiles_no_weight():
         outputs = model(**batch, use_cache=True, output_attentions=True)
         tiles = model.get_image_features(batch["pixel_values"][0]).image_embeds  # the wide image's (3, 16, 64)
         states = (tiles + model.adaption_prompts.layers["0"].prompt).flatten(0, 1)
-        expected = attention.k_proj(states).view(48, 2, 16).transpose(0, 1).repeat_interleave(2, dim=0)
+        expected = attention.k_proj(states).view(48, 2, 16).transpose(0, 1)
     key, _ = getattr(outputs[CACHE_NAME], IMAGE_CACHE_ATTRIBUTE).keys_values[0]
-    assert key.shape == (2, 4, 48, 16)  # every tile's tokens, the most tiles of the batch
+    assert key.shape == (2, 2, 48, 16)  # the 2 key/value heads; every tile's tokens, the most tiles of the batch
     torch.testing.assert_close(key[0], expected)
     weights = outputs.cross_attentions[0]
     after_image = (batch["input_ids"] == model.config.image_token_id).cumsum(dim=1) > 0
@@ -155,3 +156,21 @@ def test_a_language_model_that_cannot_host_prompts_and_bad_settings_are_refused(
     attention, hidden = model.language_model.model.layers[0].self_attn, torch.zeros(*batch["input_ids"].shape, 64)
     with pytest.raises(ValueError, match="got no `position_embeddings` .* needs a language model with rotary"):
         model.adaption_prompts._add_prompts(0, attention, (), {"hidden_states": hidden}, (hidden, None))
+
+
+def test_an_output_bias_is_not_added_twice_and_attention_beyond_llamas_is_refused():
+    small = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+    llama = {"model_type": "llama", "attention_bias": True, **small}
+    config = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=llama, fusion="adapter", image_token_id=1000)
+    torch.manual_seed(0)
+    model = VLMForConditionalGeneration(config).eval()
+    input_ids, features = torch.tensor([[5, 6, 1000, 7, 8]]), torch.randn(1, 16, 32)
+    with torch.no_grad():
+        for layer in model.language_model.model.layers:
+            layer.self_attn.o_proj.bias.normal_()  # the prompts' part goes through o_proj, whose bias is in already
+        logits = model(input_ids=input_ids, vision_features=features).logits
+        assert torch.equal(logits, model.language_model(input_ids=input_ids).logits)  # gates at 0: the bare LM
+    qwen3 = VLMConfig(vision_config=TINY_VISION_CONFIG, text_config={"model_type": "qwen3", **small}, fusion="adapter")
+    with pytest.raises(ValueError, match=r"Qwen3ForCausalLM also applies self_attn.q_norm, self_attn.k_norm; use"):
+        VLMForConditionalGeneration(qwen3)

@@ -32,6 +32,13 @@ def test_saliency_map_for_the_mlp(image):
         projector_attention_maps(model, processor, image)
 
 
+def test_saliency_map_over_a_vq_tokenizers_codes(image):
+    model, processor = build_tiny_vlm("codebook", fusion="tokenized")
+    saliency = saliency_map(model, processor, image, "a red circle on the left.")
+    assert saliency.shape == (4, 4) and (saliency > 0).all()  # the 4 x 4 grid of codes, each reached
+    torch.testing.assert_close(saliency.sum(), torch.tensor(1.0))
+
+
 def test_attending_layers_are_the_layers_returning_maps():
     model, processor = build_tiny_vlm("qformer", qformer_num_layers=4)
     layers = model.multi_modal_projector.qformer.encoder.layer

@@ -5,6 +5,8 @@ model, generation, tiles, loading the tokenizer from a Chameleon checkpoint, and
 `test_tokenized_training.py`).
 """
 
+import io
+
 import pytest
 import torch
 from model_checks import assert_generation_is_consistent, prompt_batch
@@ -12,6 +14,7 @@ from PIL import Image
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonImageProcessor
 
 from configuration_vlm import VLMConfig
+from data.shapes import shapes_scenes
 from modeling_vlm import VLMForConditionalGeneration
 from models.tiny import TINY_TEXT_CONFIG, TINY_VISION_CONFIG, TINY_VQ_CONFIG, build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
@@ -48,6 +51,11 @@ def test_the_codes_are_the_vq_tokenizers_own(images):
         encoded = model.vision_tower.encode(pixel_values)
         indices = encoded[2] if IS_TRANSFORMERS_4 else encoded.image_tokens  # the library's own path, per version
         assert torch.equal(model.get_vision_features(pixel_values), indices.view(3, 16))
+        scenes = [Image.open(io.BytesIO(scene.png)).convert("RGB") for scene in shapes_scenes(64, split="test")]
+        pixel_values = processor.image_processor(scenes, return_tensors="pt")["pixel_values"]
+        codes = model.get_vision_features(pixel_values)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as the feature cache computes them in a bf16 run
+            assert torch.equal(model.get_vision_features(pixel_values), codes)  # the library's path moves 3 of 1,024
 
 
 def test_text_reads_as_the_bare_language_model(images):
@@ -104,6 +112,14 @@ def test_the_tokenizer_loads_from_a_chameleon_checkpoint(tmp_path, images):
             chameleon.model.vqmodel.encoder(pixel_values)))[2].view(2, 16)  # fmt: skip
         assert torch.equal(model.get_vision_features(pixel_values), own)
 
+    chameleon.model.vqmodel.save_pretrained(tmp_path / "vq")  # a VQ tokenizer on its own (4.57's AutoConfig lacks it)
+    processor.image_processor.save_pretrained(tmp_path / "vq")
+    alone, _ = VLMForConditionalGeneration.from_pretrained_backbones(
+        vision=str(tmp_path / "vq"), text=str(tmp_path / "qwen"), fusion="tokenized"
+    )
+    with torch.no_grad():
+        assert torch.equal(alone.get_vision_features(pixel_values), own)
+
     (tmp_path / "empty").mkdir()
     tiny.language_model.save_pretrained(tmp_path / "empty")  # weights, but none of a VQ tokenizer's
     ChameleonConfig(vq_config=vq_settings).save_pretrained(tmp_path / "empty")
@@ -125,5 +141,8 @@ def test_bad_settings_are_refused():
         VLMConfig(vision_config=TINY_VISION_CONFIG, text_config=text, projector_type="codebook")
     with pytest.raises(ValueError, match="vision_feature_layer=-2 is invalid with fusion='tokenized'"):
         VLMConfig(vision_config=TINY_VQ_CONFIG, text_config=text, fusion="tokenized", vision_feature_layer=-2)
+    for fusion, projector_type in (("cross_attention", None), ("tokenized", "qformer"), ("tokenized", "perceiver")):
+        with pytest.raises(ValueError, match=f"fusion='{fusion}'"):  # refused before the width checks need a tower
+            VLMConfig(vision_config=TINY_VQ_CONFIG, text_config=text, fusion=fusion, projector_type=projector_type)
     saved = VLMConfig(vision_config=TINY_VQ_CONFIG, text_config=text, fusion="tokenized").to_dict()
     assert VLMConfig.from_dict(saved).vision_config.num_embeddings == 256  # the VQ config round-trips (4.57 too)
