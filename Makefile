@@ -12,7 +12,7 @@ PINNED_TRANSFORMERS4 ?= constraints/transformers4.txt
 HUB_TESTS ?= tests/test_config.py tests/test_processing.py tests/test_modeling.py tests/test_cache_names.py \
 	tests/test_cross_attention.py tests/test_qformer_pretraining.py tests/test_auto_loading.py tests/test_hub_lmms_eval.py \
 	tests/test_tiles.py tests/test_visual_expert.py tests/test_adapter.py \
-	tests/test_tokenized.py
+	tests/test_tokenized.py tests/test_generation.py
 
 .PHONY: setup demo test lint java test-transformers4 setup-newest test-newest pin
 

@@ -50,6 +50,7 @@ try:
         cross_attention_context,
         find_decoder_layers,
     )
+    from .generation_vlm import IMAGE_INPUTS, expand_image_inputs
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from .tiling_vlm import flatten_tiles, split_thumbnails
@@ -73,6 +74,7 @@ except ImportError:  # imported as a local module rather than as remote code
         cross_attention_context,
         find_decoder_layers,
     )
+    from generation_vlm import IMAGE_INPUTS, expand_image_inputs
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from tiling_vlm import flatten_tiles, split_thumbnails
@@ -666,6 +668,25 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             model_inputs["vision_features"] = vision_features
             model_inputs["num_tiles"] = num_tiles
         return model_inputs
+
+    def _expand_inputs_for_generation(
+        self,
+        expand_size: int = 1,
+        is_encoder_decoder: bool = False,
+        input_ids: torch.LongTensor | None = None,
+        **model_kwargs,
+    ) -> tuple[torch.LongTensor, dict[str, Any]]:
+        """
+        `GenerationMixin`'s expansion of the batch for beam search and `num_return_sequences` (a static method in
+        transformers 4.x, a method in 5.x), with each row's images repeated with the row ([`expand_image_inputs`]).
+        """
+        image_inputs = {name: model_kwargs.pop(name, None) for name in IMAGE_INPUTS}
+        if input_ids is not None:
+            image_inputs = expand_image_inputs(self.config, input_ids, expand_size, image_inputs)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **{name: value for name, value in image_inputs.items() if value is not None}}
 
     def _validate_generated_length(
         self, generation_config: GenerationConfig, input_ids_length: int, has_default_max_length: bool
