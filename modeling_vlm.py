@@ -797,7 +797,7 @@ def load_vision_tower(vision: str | os.PathLike, dtype: torch.dtype | None = Non
     """
     vision_config = load_vision_tower_config(vision)
     if vision_config.model_type in VQ_TOKENIZER_CONFIGS:
-        return load_vq_tokenizer(vision, dtype)
+        return load_vq_tokenizer(vision, vision_config, dtype)
     return AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
 
 

@@ -47,14 +47,17 @@ def vq_tokenizer_config(source: str | os.PathLike) -> PretrainedConfig | None:
     return None
 
 
-def load_vq_tokenizer(source: str | os.PathLike, dtype: torch.dtype | None = None) -> ChameleonVQVAE:
+def load_vq_tokenizer(
+    source: str | os.PathLike, vq_config: PretrainedConfig, dtype: torch.dtype | None = None
+) -> ChameleonVQVAE:
     """
-    The VQ tokenizer of a checkpoint (Hub id or directory): of a full Chameleon model (e.g. `facebook/chameleon-7b`,
-    whose language model's weights are left unread), or a VQ tokenizer saved on its own.
+    The VQ tokenizer of a checkpoint (Hub id or directory) whose [`vq_tokenizer_config`] is `vq_config`: of a full
+    Chameleon model (e.g. `facebook/chameleon-7b`, whose language model's weights are left unread), or a VQ tokenizer
+    saved on its own.
     """
     tokenizer, info = ChameleonVQVAE.from_pretrained(
         source,
-        config=vq_tokenizer_config(source),
+        config=vq_config,
         key_mapping=CHAMELEON_VQ_KEYS,
         dtype=dtype,
         output_loading_info=True,

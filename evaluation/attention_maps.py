@@ -19,6 +19,9 @@ from .captioning import caption_messages
 
 
 PROJECTORS_WITH_ATTENTION_MAPS = ("qformer", "perceiver")
+# The fusions whose gated layers attend over each image's visual tokens, one map per layer: the cross-attention blocks
+# and the adaption prompts.
+CROSS_ATTENTION_MAP_FUSIONS = ("cross_attention", "adapter")
 
 
 def projector_attention_maps(model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image) -> torch.Tensor:
@@ -93,7 +96,7 @@ def cross_attention_maps(
     ([`projector_attention_maps`]).
     Each map sums to 1.
     """
-    if model.config.fusion not in ("cross_attention", "adapter"):
+    if model.config.fusion not in CROSS_ATTENTION_MAP_FUSIONS:
         raise ValueError(
             f"fusion={model.config.fusion!r} has no cross-attention blocks or adaption prompts; use the projector's "
             "maps."

@@ -26,6 +26,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from .attention_maps import (
+    CROSS_ATTENTION_MAP_FUSIONS,
     PROJECTORS_WITH_ATTENTION_MAPS,
     attending_layers,
     cross_attention_maps,
@@ -81,7 +82,7 @@ def save_model_picture(
     """
     config = model.config
     heading = f"{model_name} · {config.projector_type} projector · image {image_id}"
-    if config.fusion in ("cross_attention", "adapter"):
+    if config.fusion in CROSS_ATTENTION_MAP_FUSIONS:
         maps = cross_attention_maps(model, processor, image, caption)
         grid = maps.shape[-1]
         explanation = f"Caption tokens' cross-attention over the {grid}x{grid} patch grid, per gated block; last: mean."
