@@ -3,6 +3,7 @@
 
 import json
 import os
+import sys
 
 import torch
 import transformers
@@ -54,7 +55,8 @@ def make_chat_template(image_token: str = "<image>", mark_answers: bool = False)
     )
 
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+SIXTEEN_BIT_BYTE_ORDERS = {"I;16": "little", "I;16L": "little", "I;16B": "big", "I;16N": sys.byteorder}
+SIXTEEN_BIT_MODES = tuple(SIXTEEN_BIT_BYTE_ORDERS)
 
 
 def to_rgb_image(image, input_data_format: str | None = None):
@@ -151,10 +153,15 @@ def _pil_pixels(image) -> torch.Tensor:
     The pixels `(H, W)` of a single-channel 16-bit (uint16), 32-bit integer (mode I, int32) or float (mode F, float32)
     PIL image.
     """
-    native = image if image.mode in ("I", "F") else image.convert("I")  # any byte order -> native int32
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Read from the raw bytes in the mode's byte order: Pillow < 13 clips I;16N to 255 in `convert("I")`.
+        raw = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 2)
+        low, high = raw.to(torch.int32).unbind(-1)
+        if SIXTEEN_BIT_BYTE_ORDERS[image.mode] == "big":
+            low, high = high, low
+        return (low + 256 * high).to(torch.uint16)
     dtype = torch.float32 if image.mode == "F" else torch.int32
-    pixels = torch.frombuffer(bytearray(native.tobytes()), dtype=dtype).view(image.height, image.width)
-    return pixels.to(torch.uint16) if image.mode in SIXTEEN_BIT_MODES else pixels
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=dtype).view(image.height, image.width)
 
 
 def _to_uint8(pixels: torch.Tensor) -> torch.Tensor:
