@@ -29,16 +29,21 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import PIL.Image
-import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from configuration_vlm import PROJECTOR_TYPES
 from data.captions import CaptionDataError, load_captions, merge_repeated_ids, readable_samples
 from data.questions import load_pope_questions, load_vqa_questions
 from data.shapes import SHAPES_STYLES
 from data.vqa_benchmarks import POPE_SPLITS
 from evaluation.caption_metrics import CIDER_SCALE_NOTE, check_java, score_captions
-from evaluation.captioning import CAPTION_PROMPT, generate_captions, load_captioning_model
+from evaluation.captioning import (
+    CAPTION_PROMPT,
+    DTYPES,
+    default_device,
+    generate_captions,
+    load_captioning_model,
+    model_name_problem,
+)
 from evaluation.markdown_tables import markdown_table
 from evaluation.question_answering import DEFAULT_MAX_ANSWER_TOKENS, answers_table, evaluate_pope, evaluate_vqa
 from evaluation.visualize import save_model_picture, write_gallery
@@ -90,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: 64 (caption), {DEFAULT_MAX_ANSWER_TOKENS} (vqa, pope)",
     )
     parser.add_argument("--prompt", default=CAPTION_PROMPT, help="the captioning request")
+    parser.add_argument(
+        "--dtype", choices=("auto", *DTYPES), default="auto",
+        help="the models' dtype; auto: bfloat16 on a GPU, float32 on the CPU (lmms-eval runs bfloat16 everywhere)",
+    )  # fmt: skip
     parser.add_argument("--answer_prompt", default=VQA_SHORT_ANSWER_PROMPT, help="the line after each question")
     parser.add_argument("--output_dir", default="eval_outputs")
     parser.add_argument("--attention_maps", action="store_true", help="PNG attention / saliency maps per image")
@@ -110,13 +119,13 @@ def usage_error(message: str) -> NoReturn:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
-    The command line's arguments, once every `--model` looks loadable (see [`model_error`]) and `--output_dir` is
+    The command line's arguments, once every `--model` looks loadable (see `model_name_problem`) and `--output_dir` is
     proved writable, before anything is loaded.
     """
     args = build_parser().parse_args(argv)
     for name in args.model:
-        if (problem := model_error(name)) is not None:
-            usage_error(problem)
+        if (problem := model_name_problem(name)) is not None:
+            usage_error(f"--model {name}: {problem}")
     try:
         ensure_writable_dir(args.output_dir, "--output_dir", keep=False)
     except OSError as error:
@@ -126,29 +135,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_new_tokens is None:
         args.max_new_tokens = 64 if args.task == "caption" else DEFAULT_MAX_ANSWER_TOKENS
     return args
-
-
-def model_error(name: str) -> str | None:
-    """
-    Why `--model name` cannot be loaded, found before anything is: `tiny:` with an unknown projector, or a local path
-    (starting with `/`, `.` or `~`, with more `/` than a Hub id's `user/name`, or the platform's separator) that is
-    not a directory. `None` when nothing is wrong that far.
-    """
-    if name.startswith("tiny:"):
-        projector = name.removeprefix("tiny:")
-        if projector in PROJECTOR_TYPES:
-            return None
-        choices = ", ".join(f"tiny:{choice}" for choice in PROJECTOR_TYPES)
-        return f"--model {name}: unknown projector {projector!r}; choose one of {choices}."
-    separators = {os.sep, os.altsep} - {None, "/"}
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or any(sep in name for sep in separators)
-    path = os.path.expanduser(name)
-    if not looks_local or os.path.isdir(path):
-        return None
-    problem = "is not a directory" if os.path.exists(path) else "does not exist"
-    return (
-        f"--model {name}: {path} {problem}; pass a saved model directory, a Hub id like user/name, or tiny:<projector>."
-    )
 
 
 def file_slug(name: str) -> str:
@@ -234,7 +220,7 @@ def evaluate_captions(args: argparse.Namespace) -> list[dict]:
     ids, images, references, skipped = readable_samples(merge_repeated_ids(dataset))
     if skipped:
         print(f"skipped {skipped} unreadable images")
-    device, dtype = default_device()
+    device, dtype = default_device(args.dtype)
     os.makedirs(args.output_dir, exist_ok=True)
     num_pictures = min(args.num_pictures, len(ids))
 
@@ -267,11 +253,6 @@ def evaluate_captions(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def default_device() -> tuple[str, torch.dtype]:
-    """CUDA in bf16 when there is a GPU, else the CPU in fp32."""
-    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-
-
 def write_table(output_dir: str, table: str) -> None:
     """Prints `table` and writes it to `output_dir/comparison.md`."""
     with open(os.path.join(output_dir, "comparison.md"), "w", encoding="utf-8") as file:
@@ -293,7 +274,7 @@ def load_questions(args: argparse.Namespace):
 def evaluate_questions(args: argparse.Namespace) -> list[dict]:
     """`--task vqa` or `pope`: every model's answers, metrics and the comparison table."""
     questions = load_questions(args)
-    device, dtype = default_device()
+    device, dtype = default_device(args.dtype)
     os.makedirs(args.output_dir, exist_ok=True)
     evaluate = evaluate_vqa if args.task == "vqa" else evaluate_pope
     rows = []

@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
-from .captioning import caption_messages
+from .captioning import CAPTION_PROMPT, caption_messages
 
 
 PROJECTORS_WITH_ATTENTION_MAPS = ("qformer", "perceiver")
@@ -53,14 +53,18 @@ def attending_layers(config: PretrainedConfig) -> list[int]:
 
 
 def saliency_map(
-    model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image, caption: str
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    image: PIL.Image.Image,
+    caption: str,
+    prompt: str = CAPTION_PROMPT,
 ) -> torch.Tensor:
     """
-    Gradient saliency of `caption` over the patch grid, `(grid, grid)` summing to 1: the norm of the gradient of the
-    caption's log-likelihood with respect to each patch token of the vision tower (with a VQ tokenizer, to the
-    embedding of each code of its grid).
+    Gradient saliency of `caption` (the answer to `prompt`) over the patch grid, `(grid, grid)` summing to 1: the norm
+    of the gradient of the caption's log-likelihood with respect to each patch token of the vision tower (with a VQ
+    tokenizer, to the embedding of each code of its grid).
     """
-    text = processor.apply_chat_template(caption_messages(caption=caption))
+    text = processor.apply_chat_template(caption_messages(prompt, caption))
     inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
     with torch.no_grad():
         vision_features = model.get_vision_features(inputs.pop("pixel_values").to(model.dtype))
@@ -86,22 +90,25 @@ def saliency_map(
 
 
 def cross_attention_maps(
-    model: PreTrainedModel, processor: ProcessorMixin, image: PIL.Image.Image, caption: str
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    image: PIL.Image.Image,
+    caption: str,
+    prompt: str = CAPTION_PROMPT,
 ) -> torch.Tensor:
     """
-    With `fusion="cross_attention"` (or `"adapter"`), where the tokens of `caption` look in each gated cross-attention
-    block (or adaption prompt): `(num_blocks + 1, grid, grid)`, each block's attention of the caption tokens over the
-    image tokens (heads and tokens averaged), then the mean over blocks. Image tokens that are patches (linear, mlp)
-    are the grid; learned queries or latents are carried onto it by the projector's own mean attention map
-    ([`projector_attention_maps`]).
-    Each map sums to 1.
+    With `fusion="cross_attention"` (or `"adapter"`), where the tokens of `caption` (the answer to `prompt`) look in
+    each gated cross-attention block (or adaption prompt): `(num_blocks + 1, grid, grid)`, each block's attention of
+    the caption tokens over the image tokens (heads and tokens averaged), then the mean over blocks. Image tokens that
+    are patches (linear, mlp) are the grid; learned queries or latents are carried onto it by the projector's own mean
+    attention map ([`projector_attention_maps`]). Each map sums to 1.
     """
     if model.config.fusion not in CROSS_ATTENTION_MAP_FUSIONS:
         raise ValueError(
             f"fusion={model.config.fusion!r} has no cross-attention blocks or adaption prompts; use the projector's "
             "maps."
         )
-    text = processor.apply_chat_template(caption_messages(caption=caption))
+    text = processor.apply_chat_template(caption_messages(prompt, caption))
     inputs = processor(images=[image], text=[text], return_tensors="pt").to(model.device)
     caption_tokens = processor.build_labels(inputs["input_ids"])[0] != -100
     with torch.no_grad():

@@ -7,12 +7,14 @@ It imports torch, transformers and the model files only (no datasets, no metrics
 can use it under transformers 4.57 too.
 """
 
+import os
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from configuration_vlm import PROJECTOR_TYPES
 from models.tiny import build_tiny_vlm
 
 from .shared_images import generate_with_shared_prefill, shared_image_inputs
@@ -94,13 +96,50 @@ def generate_replies(
     return replies
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes a model can be evaluated in, by name (`eval.py --dtype`)."""
+
+
+def default_device(dtype: str = "auto") -> tuple[str, torch.dtype]:
+    """CUDA when there is a GPU, else the CPU, with the dtype named `dtype` (`"auto"`: bf16 on a GPU, fp32 else)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        return device, torch.bfloat16 if device == "cuda" else torch.float32
+    return device, DTYPES[dtype]
+
+
+def model_name_problem(name: str) -> str | None:
+    """
+    Why the model `name` cannot be loaded, found before anything is: `tiny:` with an unknown projector, or a local
+    path (starting with `/`, `.` or `~`, with more `/` than a Hub id's `user/name`, or the platform's separator) that
+    is not a directory. `None` when nothing is wrong that far.
+    """
+    if name.startswith("tiny:"):
+        projector = name.removeprefix("tiny:")
+        if projector in PROJECTOR_TYPES:
+            return None
+        choices = ", ".join(f"tiny:{choice}" for choice in PROJECTOR_TYPES)
+        return f"unknown projector {projector!r}; choose one of {choices}."
+    separators = {os.sep, os.altsep} - {None, "/"}
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or any(sep in name for sep in separators)
+    path = os.path.expanduser(name)
+    if not looks_local or os.path.isdir(path):
+        return None
+    problem = "is not a directory" if os.path.exists(path) else "does not exist"
+    return f"{path} {problem}; pass a saved model directory, a Hub id like user/name, or tiny:<projector>."
+
+
 def load_captioning_model(
     name: str, device: str | torch.device, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """A model and processor from a directory or Hub id, or `tiny:<projector_type>` for an untrained tiny model."""
+    """
+    A model and processor from a directory or Hub id (loaded in `dtype`, which keeps the rotary frequencies in float32,
+    as every transformers loader does), or `tiny:<projector_type>` for an untrained tiny model (cast to `dtype`).
+    """
     if name.startswith("tiny:"):
         model, processor = build_tiny_vlm(name.split(":", 1)[1])
+        model = model.to(dtype=dtype)
     else:
         model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=True, dtype=dtype)
         processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
-    return model.to(device=device, dtype=dtype).eval(), processor
+    return model.to(device=device).eval(), processor

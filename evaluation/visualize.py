@@ -34,6 +34,7 @@ from .attention_maps import (
     saliency_map,
 )
 from .caption_metrics import CIDER_SCALE_NOTE
+from .captioning import CAPTION_PROMPT
 from .markdown_tables import format_score
 
 
@@ -74,16 +75,17 @@ def save_model_picture(
     image: PIL.Image.Image,
     caption: str,
     path: str,
+    prompt: str = CAPTION_PROMPT,
 ) -> None:
     """
     PNG of what `model` (called `model_name`) looks at in `image`: with cross-attention (or adapter) fusion, where its
-    `caption` attends in each gated block (or adaption prompt); else the projector's attention grid for Q-Former and
-    Perceiver models, the gradient saliency of its `caption` for the others.
+    `caption` (its answer to `prompt`) attends in each gated block (or adaption prompt); else the projector's
+    attention grid for Q-Former and Perceiver models, the gradient saliency of its `caption` for the others.
     """
     config = model.config
     heading = f"{model_name} · {config.projector_type} projector · image {image_id}"
     if config.fusion in CROSS_ATTENTION_MAP_FUSIONS:
-        maps = cross_attention_maps(model, processor, image, caption)
+        maps = cross_attention_maps(model, processor, image, caption, prompt)
         grid = maps.shape[-1]
         explanation = f"Caption tokens' cross-attention over the {grid}x{grid} patch grid, per gated block; last: mean."
         layers = config.cross_attention_layer_indices or config.adapter_layer_indices
@@ -92,7 +94,7 @@ def save_model_picture(
         save_attention_grid(image, maps[:, None], path, title, rows, ["caption"])
         return
     if config.projector_type not in PROJECTORS_WITH_ATTENTION_MAPS:
-        save_saliency_map(image, saliency_map(model, processor, image, caption), caption, path, heading)
+        save_saliency_map(image, saliency_map(model, processor, image, caption, prompt), caption, path, heading)
         return
     maps = projector_attention_maps(model, processor, image)
     token = "query" if config.projector_type == "qformer" else "latent"

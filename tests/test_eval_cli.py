@@ -12,6 +12,7 @@ import eval as vlm_eval
 from data import captions as caption_data
 from evaluation import visualize as layout
 from evaluation.caption_metrics import COCO_CAPTION_METRICS
+from evaluation.captioning import model_name_problem
 from models.tiny import build_tiny_vlm
 
 
@@ -104,7 +105,7 @@ def test_a_model_path_that_is_a_file_and_an_unknown_tiny_projector_are_refused(t
 
 def test_what_may_be_a_model_is_let_through(tmp_path):
     for name in ("user/name", "gpt2", "tiny:perceiver", str(tmp_path)):
-        assert vlm_eval.model_error(name) is None
+        assert model_name_problem(name) is None
 
 
 def test_a_missing_image_root_is_refused_before_the_hub_is_asked(tmp_path, monkeypatch, capsys):
