@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The demo page's browser tests need Debian's Chromium and playwright: `make test-browser` runs them, `make test` not.
+collect_ignore = [] if os.environ.get("VLM_BROWSER_TESTS") == "1" else ["browser"]
+
 # Named at the top of every run, so that a failure under the newest releases (`make test-newest`) says which they were.
 REPORTED_PACKAGES = (
     "torch", "transformers", "accelerate", "peft", "datasets", "tokenizers", "huggingface_hub", "safetensors", "pillow",

@@ -78,8 +78,9 @@ def assert_generation_is_consistent(model: nn.Module, processor, images) -> None
 
     texts = [
         processor.apply_chat_template(caption_messages(), add_generation_prompt=True),
-        processor.apply_chat_template([{"role": "user", "content": "No picture here, a longer text."}],
-                                      add_generation_prompt=True),  # fmt: skip
+        processor.apply_chat_template(
+            [{"role": "user", "content": "No picture here, a longer text."}], add_generation_prompt=True
+        ),  # fmt: skip
     ]
     per_text = [[images[0]], []]
     mixed = processor(images=per_text, text=texts, return_tensors="pt")
@@ -93,3 +94,24 @@ def assert_generation_is_consistent(model: nn.Module, processor, images) -> None
 
     beams = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, num_beams=3, do_sample=False)
     assert beams.shape == (2, batch["input_ids"].shape[1] + 5)
+
+
+def train_to_answer(model: nn.Module, processor, images, chats: list[list[dict]], directory, steps: int = 80) -> str:
+    """
+    `model` trained on `chats` (each a chat with its answers, for its image of `images`; loss on the answers) with
+    AdamW at 3e-3 for `steps` steps, enough for a tiny model's greedy decoding to give the answers back (a random one
+    writes newlines), then saved with `processor` in `directory`, whose path it returns.
+    """
+    texts = [processor.apply_chat_template(chat) for chat in chats]
+    batch = processor(images=list(images), text=texts, return_tensors="pt")
+    batch["labels"] = processor.build_labels(batch["input_ids"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)

@@ -7,6 +7,7 @@ the batch to the device.
 
 import pytest
 import torch
+from model_checks import train_to_answer
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -89,22 +90,12 @@ def saved_model(tmp_path_factory, docs_and_answers) -> str:
     docs, answers = docs_and_answers
     torch.manual_seed(0)
     model, processor = build_tiny_vlm("mlp")
-    texts = [
-        processor.apply_chat_template(user_turn(image, question) + [{"role": "assistant", "content": answer}])
+    chats = [
+        user_turn(image, question) + [{"role": "assistant", "content": answer}]
         for (image, question), answer in zip(docs, answers)
     ]
-    batch = processor(images=[image for image, _ in docs], text=texts, return_tensors="pt")
-    batch["labels"] = processor.build_labels(batch["input_ids"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(80):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    directory = tmp_path_factory.mktemp("lmms-eval-model")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return str(directory)
+    images = [image for image, _ in docs]
+    return train_to_answer(model, processor, images, chats, tmp_path_factory.mktemp("lmms-eval-model"))
 
 
 @pytest.mark.parametrize("padding_side_kwarg", [False, True], ids=["0.7.2", "later"])
