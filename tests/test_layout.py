@@ -19,10 +19,11 @@ REMOTE_CODE = (
     "configuration_vlm", "projectors_vlm", "cross_attention_vlm", "modeling_vlm", "tiling_vlm", "processing_vlm",
     "visual_expert_vlm", "adapter_vlm", "tokenized_vlm", "generation_vlm",
 )
-COMMAND_LINES = ("eval", "train_accelerate")
+COMMAND_LINES = ("app", "eval", "export_onnx", "train_accelerate")
 # Each package may import the Hub-side files and the packages before it, never the ones after it.
 PACKAGE_ORDER = (
-    "models", "data", "evaluation", "qformer_pretraining", "contrastive_pretraining", "training", "benchmarks"
+    "models", "data", "evaluation", "onnx_export", "demo", "qformer_pretraining", "contrastive_pretraining", "training",
+    "benchmarks",
 )
 # Each module of the training package may import the ones before it, never the ones after it.
 TRAINING_ORDER = (
