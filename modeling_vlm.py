@@ -12,22 +12,10 @@ self-attention of the top decoder layers reads (`"adapter"`) -> `language_model`
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    GenerationMixin,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
@@ -40,7 +28,7 @@ except ImportError:  # transformers < 5
 
 try:
     from .adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
-    from .configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VQ_TOKENIZER_CONFIGS, VLMConfig
+    from .configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from .cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -50,21 +38,24 @@ try:
         cross_attention_context,
         find_decoder_layers,
     )
-    from .generation_vlm import IMAGE_INPUTS, expand_image_inputs
+    from .generation_vlm import CACHE_NAME, VLMGenerationMixin, resolve_cache
+    from .loading_vlm import (
+        TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4,
+        build_vision_tower,
+        check_weights_fill_model,
+        load_image_processor,
+        load_vision_tower,
+        register_auto_classes,
+    )
+    from .loss_vlm import causal_lm_loss
     from .processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from .projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from .tiling_vlm import flatten_tiles, split_thumbnails
-    from .tokenized_vlm import (
-        VLMCodeEmbedding,
-        build_vq_tokenizer,
-        load_vq_tokenizer,
-        vq_codes,
-        vq_tokenizer_config,
-    )
+    from .tokenized_vlm import VLMCodeEmbedding, vq_codes
     from .visual_expert_vlm import VLMVisualExperts
 except ImportError:  # imported as a local module rather than as remote code
     from adapter_vlm import VLMAdaptionPrompt, VLMAdaptionPrompts
-    from configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VQ_TOKENIZER_CONFIGS, VLMConfig
+    from configuration_vlm import CODEBOOK, KEY_VALUE_FUSIONS, SEQUENCE_FUSIONS, VLMConfig
     from cross_attention_vlm import (
         IMAGE_CACHE_ATTRIBUTE,
         VLMCrossAttentionContext,
@@ -74,35 +65,28 @@ except ImportError:  # imported as a local module rather than as remote code
         cross_attention_context,
         find_decoder_layers,
     )
-    from generation_vlm import IMAGE_INPUTS, expand_image_inputs
+    from generation_vlm import CACHE_NAME, VLMGenerationMixin, resolve_cache
+    from loading_vlm import (
+        TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4,
+        build_vision_tower,
+        check_weights_fill_model,
+        load_image_processor,
+        load_vision_tower,
+        register_auto_classes,
+    )
+    from loss_vlm import causal_lm_loss
     from processing_vlm import IS_TRANSFORMERS_4, VLMProcessor, make_chat_template
     from projectors_vlm import PROJECTOR_CLASSES, VLMPerceiverResampler, VLMProjectorOutput, VLMQFormerProjector
     from tiling_vlm import flatten_tiles, split_thumbnails
     from tokenized_vlm import (
         VLMCodeEmbedding,
-        build_vq_tokenizer,
-        load_vq_tokenizer,
         vq_codes,
-        vq_tokenizer_config,
     )
     from visual_expert_vlm import VLMVisualExperts
 
 
 # What `projector_type` builds: the four projectors, and tokenized fusion's code embeddings.
 BRIDGE_CLASSES = {**PROJECTOR_CLASSES, CODEBOOK: VLMCodeEmbedding}
-
-# transformers 5.25 renamed the key/value cache `past_key_values` -> `cache` in model outputs, model forwards and
-# generation; this is the name the installed release uses, read off its own output class.
-CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    """The key/value cache passed under either name: `cache` (transformers >= 5.25) or `past_key_values` (before)."""
-    if cache is not None and past_key_values is not None:
-        raise ValueError(
-            "Got the key/value cache twice, as `cache` and as `past_key_values`; pass it once (either name works)."
-        )
-    return cache if cache is not None else past_key_values
 
 
 @dataclass
@@ -137,19 +121,6 @@ class VLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-# The config fields that decide each module's parameters: named when a saved model's weights leave one unfilled.
-CONFIG_FIELDS_OF_MODULES = {
-    "multi_modal_projector": "projector_type and its projector settings",
-    "cross_attention_blocks": "fusion, cross_attention_every and cross_attention_layers",
-    "visual_experts": "fusion and visual_expert_every",
-    "adaption_prompts": "fusion and adapter_num_layers",
-    "vision_tower": "vision_config",
-    "language_model": "text_config",
-}
-
-# Vision towers that transformers 4.x nests under `vision_model.` and 5.x saves without that level.
-TOWERS_WITH_VISION_MODEL_LEVEL_IN_TRANSFORMERS_4 = {"siglip_vision_model", "clip_vision_model"}
-
 def vision_tower_features(
     vision_tower: nn.Module, pixel_values: torch.FloatTensor, layer: int, drop_class_token: bool = False
 ) -> torch.FloatTensor:
@@ -166,8 +137,6 @@ def vision_tower_features(
     else:
         features = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
     return features[:, 1:] if drop_class_token else features
-
-
 
 
 class VLMPreTrainedModel(PreTrainedModel):
@@ -222,58 +191,7 @@ class VLMPreTrainedModel(PreTrainedModel):
         return (model, info) if with_info else model
 
 
-def check_weights_fill_model(loading_info: dict[str, Any], source: Any) -> None:
-    """
-    Raises `ValueError` when the weights of `source` left parameters of the model unfilled (transformers would
-    initialise them at random and only warn): it names the modules and the config fields that made them, so that a
-    `config.json` edited to another projector or fusion than its weights were trained with cannot load.
-    """
-    missing = sorted(loading_info.get("missing_keys") or ())
-    if not missing:
-        return
-    modules = sorted({key.split(".")[0] for key in missing})
-    fields = [CONFIG_FIELDS_OF_MODULES.get(module, "its config") for module in modules]
-    unexpected = sorted(loading_info.get("unexpected_keys") or ())
-    unused = f", and {len(unexpected)} saved ones unused (e.g. {unexpected[0]})" if unexpected else ""
-    raise ValueError(
-        f"The weights of {source} do not fill this model: {len(missing)} parameters of {', '.join(modules)} are "
-        f"missing (e.g. {missing[0]}){unused}. They are made by the config's {'; '.join(fields)}: the config.json "
-        "does not match the weights saved with it. Restore the config the model was saved with."
-    )
-
-
-def chunked_cross_entropy(
-    hidden_states: torch.FloatTensor, output_embeddings: nn.Linear, labels: torch.LongTensor, chunk_size: int
-) -> torch.FloatTensor:
-    """
-    Summed cross-entropy of `output_embeddings(hidden_states)` against `labels` `(num_positions,)`, `chunk_size` rows
-    at a time. With gradients, torch's `F.linear_cross_entropy` computes each chunk's logits `(chunk_size, vocab_size)`
-    and their gradient in the forward and keeps only the gradient of `hidden_states` `(num_positions, dim)` (and of
-    the weight when it trains); under autocast it runs in the autocast dtype, as the LM head does, and returns the loss
-    in that dtype (its gradients accumulate in fp32).
-    """
-    if not hasattr(F, "linear_cross_entropy"):
-        raise RuntimeError(
-            f"config.loss_chunk_size={chunk_size} needs torch.nn.functional.linear_cross_entropy (torch >= 2.13, "
-            f"this is {torch.__version__}): upgrade torch, or set config.loss_chunk_size = None."
-        )
-    weight, bias = output_embeddings.weight, output_embeddings.bias
-    if not torch.is_grad_enabled() or not (hidden_states.requires_grad or weight.requires_grad):
-        # Nothing to differentiate (evaluation): a plain loop has no gradient to keep, and its logits are fp32.
-        pieces = zip(hidden_states.split(chunk_size), labels.split(chunk_size))
-        losses = (F.cross_entropy(output_embeddings(h).float(), y, reduction="sum") for h, y in pieces)
-        return sum(losses, hidden_states.new_zeros((), dtype=torch.float32))
-    device_type = hidden_states.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Autocast does not cast this op: do what it does for the unchunked path's LM head.
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden_states, weight = hidden_states.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    options = torch.nn.LinearCrossEntropyOptions(batch_chunk_size=chunk_size, chunking_method=None)
-    return F.linear_cross_entropy(hidden_states, weight, labels, linear_bias=bias, reduction="sum", options=options)
-
-
-class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
+class VLMForConditionalGeneration(VLMPreTrainedModel, VLMGenerationMixin):
     """
     Vision tower + projector + causal language model. With `config.fusion="early"`, projected image embeddings replace
     the embeddings of the `config.image_token_id` placeholders (LLaVA-style), `config.num_image_tokens` placeholders
@@ -488,24 +406,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_outputs, deep_embeds, deep_tiles = None, None, num_tiles  # what the cross-attention blocks read
-        if pixel_values is not None or vision_features is not None:
-            if input_ids is None:
-                raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
-            if pixel_values is not None:
-                pixel_values = flatten_tiles(pixel_values, num_tiles, self.config.max_tiles)
-            image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=bool(output_attentions))
-            deep_embeds = image_outputs.image_embeds
-            if self.config.fusion in SEQUENCE_FUSIONS:
-                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
-            elif self.config.fusion == "hybrid":  # the whole images into the sequence; their tiles read by the blocks
-                whole_images, deep_embeds, deep_tiles = split_thumbnails(image_outputs.image_embeds, num_tiles)
-                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, whole_images)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
-            raise ValueError(
-                f"The input has image placeholder tokens ({self.config.image_token!r}) but no `pixel_values` or "
-                "`vision_features`; pass the images the processor returned."
-            )
+        inputs_embeds, image_outputs, deep_embeds, deep_tiles = self._embed_images(
+            input_ids, inputs_embeds, pixel_values, vision_features, num_tiles, bool(output_attentions)
+        )
 
         context = None
         if self.config.fusion in KEY_VALUE_FUSIONS:
@@ -533,7 +436,8 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = self.causal_lm_loss(hidden_states, labels, num_items_in_batch)
+            chunk_size = self.config.loss_chunk_size
+            loss = causal_lm_loss(hidden_states, labels, self.get_output_embeddings(), chunk_size, num_items_in_batch)
         if logits_to_keep is None:
             logits_to_keep = None if labels is not None else 0
         logits = None
@@ -553,6 +457,41 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             if context is not None and context.attentions is not None
             else None,
         )
+
+    def _embed_images(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.FloatTensor,
+        pixel_values: torch.FloatTensor | None,
+        vision_features: torch.FloatTensor | None,
+        num_tiles: torch.LongTensor | None,
+        output_attentions: bool,
+    ) -> tuple[torch.FloatTensor, VLMProjectorOutput | None, torch.FloatTensor | None, torch.LongTensor | None]:
+        """
+        The images of a forward pass through the projector, written over their placeholders in `inputs_embeds` `(batch,
+        seq, dim)` where the fusion puts them in the sequence. Returns the embeddings, the projector's output, and what
+        the cross-attention blocks read: the image embeddings `(num_images, num_image_tokens, dim)` (with hybrid fusion,
+        the tiles only) and the tiles per image.
+        """
+        image_outputs, deep_embeds, deep_tiles = None, None, num_tiles
+        if pixel_values is not None or vision_features is not None:
+            if input_ids is None:
+                raise ValueError("Images need `input_ids` to locate their placeholders; got `inputs_embeds` instead.")
+            if pixel_values is not None:
+                pixel_values = flatten_tiles(pixel_values, num_tiles, self.config.max_tiles)
+            image_outputs = self.get_image_features(pixel_values, vision_features, output_attentions=output_attentions)
+            deep_embeds = image_outputs.image_embeds
+            if self.config.fusion in SEQUENCE_FUSIONS:
+                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, image_outputs.image_embeds)
+            elif self.config.fusion == "hybrid":  # the whole images into the sequence; their tiles read by the blocks
+                whole_images, deep_embeds, deep_tiles = split_thumbnails(image_outputs.image_embeds, num_tiles)
+                inputs_embeds = self.merge_image_embeds(input_ids, inputs_embeds, whole_images)
+        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                f"The input has image placeholder tokens ({self.config.image_token!r}) but no `pixel_values` or "
+                "`vision_features`; pass the images the processor returned."
+            )
+        return inputs_embeds, image_outputs, deep_embeds, deep_tiles
 
     def _run_language_model(
         self,
@@ -594,120 +533,6 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         """Whether the language model recomputes its layers in backward (the property's name differs in 4.x)."""
         lm = self.language_model
         return lm.is_gradient_checkpointing if IS_TRANSFORMERS_4 else lm.is_activation_checkpointing
-
-    def _check_sequence_length(self, num_new_tokens: int, num_cached_tokens: int = 0) -> None:
-        """
-        Raises `ValueError` for an empty input, which the language model's attention cannot reshape, and for a sequence
-        longer than `text_config.max_position_embeddings`, which it would run past its trained positions silently.
-        """
-        if num_new_tokens == 0:
-            raise ValueError(
-                "The input is empty (0 tokens); pass a prompt of at least one token, e.g. built with "
-                "processor.apply_chat_template(...) and the processor."
-            )
-        max_positions = self.config.text_config.max_position_embeddings
-        length = num_cached_tokens + num_new_tokens
-        if length > max_positions:
-            cached = f" ({num_cached_tokens} cached + {num_new_tokens} new)" if num_cached_tokens else ""
-            raise ValueError(
-                f"The input is {length} tokens long{cached} but the language model handles at most {max_positions} "
-                f"(text_config.max_position_embeddings); shorten the text or pass fewer images (each takes "
-                f"{self.config.num_image_tokens} tokens)."
-            )
-
-    def causal_lm_loss(
-        self,
-        hidden_states: torch.FloatTensor,
-        labels: torch.LongTensor,
-        num_items_in_batch: int | torch.Tensor | None = None,
-    ) -> torch.FloatTensor:
-        """
-        Next-token cross-entropy from `hidden_states` `(batch, seq, dim)`; the LM head runs only on the positions whose
-        next token is labelled, so the `(batch, seq, vocab)` logits are never materialised (with
-        `config.loss_chunk_size`, not even those of all labelled positions at once).
-        """
-        next_token_labels = labels[:, 1:].to(hidden_states.device)
-        labelled = next_token_labels != -100
-        hidden_states, targets = hidden_states[:, :-1][labelled], next_token_labels[labelled]
-        if self.config.loss_chunk_size is None:
-            logits = self.get_output_embeddings()(hidden_states).float()
-            loss = F.cross_entropy(logits, targets, reduction="sum")
-        else:
-            loss = chunked_cross_entropy(hidden_states, self.get_output_embeddings(), targets, self.config.loss_chunk_size)
-        if num_items_in_batch is None:
-            num_items_in_batch = labelled.sum()
-        return loss / num_items_in_batch
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        cache: Cache | None = None,
-        pixel_values: torch.FloatTensor | None = None,
-        vision_features: torch.FloatTensor | None = None,
-        is_first_iteration: bool | None = None,
-        past_key_values: Cache | None = None,
-        num_tiles: torch.LongTensor | None = None,
-        **kwargs,
-    ) -> dict:
-        """
-        `GenerationMixin`'s inputs of one step, with the images only at a step that starts a sequence; afterwards their
-        keys and values are in the cache. A step starts a sequence when `generate` says so (`is_first_iteration`, passed
-        by transformers 5.x at the prefill, also of a continued cache) or when the cache holds nothing yet (every
-        release: 4.57 passes no flag; without a cache every step re-reads the whole sequence).
-        """
-        cache = resolve_cache(cache, past_key_values)
-        starts_sequence = bool(is_first_iteration) or cache is None or cache.get_seq_length() == 0
-        if starts_sequence and kwargs.get("inputs_embeds") is None:
-            # transformers 4.x's preparation below fails on an empty prompt with a bare IndexError.
-            self._check_sequence_length(num_new_tokens=input_ids.shape[1])
-        if is_first_iteration is not None:  # 4.57's preparation would forward it to the model as an unknown input
-            kwargs["is_first_iteration"] = is_first_iteration
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **{CACHE_NAME: cache}, **kwargs)
-        if starts_sequence:
-            model_inputs["pixel_values"] = pixel_values
-            model_inputs["vision_features"] = vision_features
-            model_inputs["num_tiles"] = num_tiles
-        return model_inputs
-
-    def _expand_inputs_for_generation(
-        self,
-        expand_size: int = 1,
-        is_encoder_decoder: bool = False,
-        input_ids: torch.LongTensor | None = None,
-        **model_kwargs,
-    ) -> tuple[torch.LongTensor, dict[str, Any]]:
-        """
-        `GenerationMixin`'s expansion of the batch for beam search and `num_return_sequences` (a static method in
-        transformers 4.x, a method in 5.x), with each row's images repeated with the row ([`expand_image_inputs`]).
-        """
-        image_inputs = {name: model_kwargs.pop(name, None) for name in IMAGE_INPUTS}
-        if input_ids is not None:
-            image_inputs = expand_image_inputs(self.config, input_ids, expand_size, image_inputs)
-        input_ids, model_kwargs = super()._expand_inputs_for_generation(
-            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
-        )
-        return input_ids, {**model_kwargs, **{name: value for name, value in image_inputs.items() if value is not None}}
-
-    def _validate_generated_length(
-        self, generation_config: GenerationConfig, input_ids_length: int, has_default_max_length: bool
-    ) -> None:
-        """
-        `GenerationMixin`'s length checks (the same hook in transformers 4.x and 5.x), and a refusal, before any step
-        runs, of a `max_length` (prompt + `max_new_tokens`) beyond `text_config.max_position_embeddings`.
-        """
-        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
-        max_length, max_positions = generation_config.max_length, self.config.text_config.max_position_embeddings
-        if max_length > max_positions:
-            fix = (
-                f"set max_new_tokens to at most {max_positions - input_ids_length}"
-                if input_ids_length < max_positions
-                else "shorten the prompt"
-            )
-            raise ValueError(
-                f"Generation could reach {max_length} tokens (a {input_ids_length}-token prompt and up to "
-                f"{max_length - input_ids_length} new tokens) but the language model handles at most {max_positions} "
-                f"(text_config.max_position_embeddings); {fix}."
-            )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Saves safetensors weights, the config with an `auto_map` for every Auto class, and the remote-code files."""
@@ -780,67 +605,6 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             fusion=config.fusion,
         )
         return model, processor
-
-
-def build_vision_tower(config: VLMConfig) -> PreTrainedModel:
-    """A vision tower of `config.vision_config` with random weights: its `AutoModel`, or a VQ image tokenizer."""
-    if config.is_vq_tokenizer:  # no AutoModel builds one (transformers 4.57 and 5.x alike)
-        return build_vq_tokenizer(config.vision_config)
-    return AutoModel.from_config(config.vision_config)
-
-
-def load_vision_tower(vision: str | os.PathLike, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """
-    The vision tower of a pretrained checkpoint (Hub id or directory), without its pooling head: a vision-only model,
-    the vision half of a dual encoder such as `google/siglip-base-patch16-224`, or the VQ image tokenizer of a
-    Chameleon model (e.g. `facebook/chameleon-7b`) for tokenized fusion.
-    """
-    vision_config = load_vision_tower_config(vision)
-    if vision_config.model_type in VQ_TOKENIZER_CONFIGS:
-        return load_vq_tokenizer(vision, vision_config, dtype)
-    return AutoModel.from_pretrained(vision, config=vision_config, dtype=dtype)
-
-
-def load_vision_tower_config(vision: str | os.PathLike) -> PretrainedConfig:
-    """
-    The config of [`load_vision_tower`]'s tower: the checkpoint's vision config, without a pooling head (or a
-    Chameleon model's VQ tokenizer config).
-    """
-    vq_config = vq_tokenizer_config(vision)
-    if vq_config is not None:
-        return vq_config
-    vision_config = AutoConfig.from_pretrained(vision)
-    vision_config = getattr(vision_config, "vision_config", vision_config)
-    if hasattr(vision_config, "vision_use_head"):
-        vision_config.vision_use_head = False  # the pooling head is unused: the projector reads patch tokens
-    return vision_config
-
-
-def load_image_processor(vision: str | os.PathLike):
-    """The image processor of a vision checkpoint, on the PIL backend in every transformers version."""
-    # 4.x's "slow" processor, the same pixels in 5.x with or without torchvision.
-    pil_backend = {"use_fast": False} if IS_TRANSFORMERS_4 else {"backend": "pil"}
-    return AutoImageProcessor.from_pretrained(vision, **pil_backend)
-
-
-def register_auto_classes(model: VLMForConditionalGeneration) -> None:
-    """
-    Writes the `auto_map` that lets every Auto class load this model with `trust_remote_code=True`.
-
-    `AutoModelForVision2Seq` (transformers 4.x) is written into the config directly: transformers 5.x has no such
-    class and `register_for_auto_class` refuses it there.
-    """
-    model.__class__.register_for_auto_class("AutoModelForImageTextToText")
-    model_ref = f"{model.__class__.__module__.split('.')[-1]}.{model.__class__.__name__}"
-    config_ref = f"{model.config.__class__.__module__.split('.')[-1]}.{model.config.__class__.__name__}"
-    model.config.auto_map = {
-        "AutoConfig": config_ref,
-        "AutoModel": model_ref,
-        "AutoModelForCausalLM": model_ref,
-        "AutoModelForImageTextToText": model_ref,
-        "AutoModelForVision2Seq": model_ref,
-        "AutoProcessor": "processing_vlm.VLMProcessor",
-    }
 
 
 __all__ = ["VLMPreTrainedModel", "VLMForConditionalGeneration"]

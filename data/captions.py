@@ -10,26 +10,17 @@ Every loader returns one `datasets.Dataset` for one split, with the columns of [
 - `captions` (`list[str]`): one or several reference captions of the image. The loaders drop `null` and blank
   references and refuse a dataset with rows left without any (a [`CaptionDataError`] naming those rows).
 
-Decoding errors of the `image` column surface inside 🤗 Datasets when a row is accessed. A training loop that must
-skip unreadable images reads the raw column instead and decodes it with [`open_image`]:
-
-```python
->>> raw = dataset.cast_column("image", datasets.Image(decode=False))
->>> image = open_image(raw[0]["image"])  # RGB `PIL.Image.Image`, or `None` when the file is missing or corrupt
-```
+Decoding errors of the `image` column surface inside 🤗 Datasets when a row is accessed; `data.images` reads the
+raw column instead and skips unreadable images.
 """
 
-import io
 import os
-from collections.abc import Iterator
 from dataclasses import asdict
 
 import PIL.Image
-import PIL.ImageOps
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 
-from processing_vlm import to_rgb_image
-
+from .images import readable_images
 from .shapes import SHAPES_STYLES, shapes_image_id, shapes_scenes
 
 
@@ -351,40 +342,6 @@ def load_captions(
     )
 
 
-def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None) -> PIL.Image.Image | None:
-    """
-    Turns a value of an image column into an RGB image, or `None` when there is no readable image.
-
-    Args:
-        value (`PIL.Image.Image`, `str`, `os.PathLike`, `bytes`, `dict` or `None`):
-            A decoded image, a local file path, encoded image bytes, or the `{"bytes": ..., "path": ...}` dict of an
-            undecoded `datasets.Image(decode=False)` column (bytes are used first, the path otherwise).
-
-    Returns:
-        `PIL.Image.Image` or `None`: the image in RGB mode (EXIF orientation applied to files and bytes, as
-        `datasets.Image` does; 16-bit and float pixels scaled as `processing_vlm.to_rgb_image` does), or `None` if
-        the value is empty or the file is missing, unreadable, corrupt or holds values that are not pixels.
-    """
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if value is None:
-        return None
-    if not isinstance(value, (PIL.Image.Image, str, os.PathLike, bytes, bytearray)):
-        raise TypeError(f"Cannot read an image from a value of type {type(value).__name__}.")
-    try:
-        if isinstance(value, PIL.Image.Image):
-            image = value
-        else:
-            image = PIL.Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
-            image.load()
-            PIL.ImageOps.exif_transpose(image, in_place=True)
-        return to_rgb_image(image)
-    # Pillow reports broken data through many exception types (OSError, SyntaxError, ValueError, EOFError,
-    # DecompressionBombError, ...); any of them means the image cannot be used.
-    except Exception:
-        return None
-
-
 def merge_repeated_ids(dataset: Dataset) -> Dataset:
     """
     `dataset` with one row per image id, as COCO's format means an id: rows that share an id (a dataset of one row
@@ -403,20 +360,6 @@ def merge_repeated_ids(dataset: Dataset) -> Dataset:
         references[image_id].extend(captions)
     merged = dataset.select(list(first_rows.values())).remove_columns("captions")
     return _to_common_schema(merged.add_column("captions", list(references.values())))
-
-
-def readable_images(dataset: Dataset) -> Iterator[tuple[int, PIL.Image.Image]]:
-    """`(row, RGB image)` for every row of `dataset` whose image opens (see [`open_image`]); each is decoded once."""
-    raw = dataset.cast_column("image", Image(decode=False))
-    for row, value in enumerate(raw["image"]):
-        image = open_image(value)
-        if image is not None:
-            yield row, image
-
-
-def readable_rows(dataset: Dataset) -> list[int]:
-    """The rows of `dataset` whose image opens, in order."""
-    return [row for row, _ in readable_images(dataset)]
 
 
 def readable_samples(dataset: Dataset) -> tuple[list[str], list[PIL.Image.Image], list[list[str]], int]:

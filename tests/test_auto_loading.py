@@ -115,7 +115,7 @@ def test_save_and_load_with_auto_classes_in_a_fresh_process(tmp_path):
         saved = set(os.listdir(directory))
         hub_files = {"configuration_vlm.py", "projectors_vlm.py", "cross_attention_vlm.py", "modeling_vlm.py",
                      "processing_vlm.py", "tiling_vlm.py", "visual_expert_vlm.py", "adapter_vlm.py",
-                     "tokenized_vlm.py", "generation_vlm.py"}
+                     "tokenized_vlm.py", "generation_vlm.py", "loading_vlm.py", "loss_vlm.py"}
         assert hub_files | {"model.safetensors"} <= saved
         assert not any(name.endswith(".bin") for name in saved)
         auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

@@ -22,8 +22,8 @@ from data.captions import (
     load_captions,
     load_coco_karpathy,
     make_shapes_dataset,
-    open_image,
 )
+from data.images import open_image
 from data.questions import load_vqa_questions
 from data.shapes import CAPTIONS_PER_SHAPES_IMAGE, POSITION_PHRASES, SHAPE_COLORS, SHAPE_NAMES
 from models.tiny import build_tiny_vlm

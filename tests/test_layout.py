@@ -17,7 +17,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REMOTE_CODE = (
     "configuration_vlm", "projectors_vlm", "cross_attention_vlm", "modeling_vlm", "tiling_vlm", "processing_vlm",
-    "visual_expert_vlm", "adapter_vlm", "tokenized_vlm", "generation_vlm",
+    "visual_expert_vlm", "adapter_vlm", "tokenized_vlm", "generation_vlm", "loading_vlm", "loss_vlm",
 )
 COMMAND_LINES = ("app", "eval", "export_onnx", "train_accelerate")
 # Each package may import the Hub-side files and the packages before it, never the ones after it.

@@ -10,7 +10,8 @@ from torch import nn
 
 from configuration_vlm import PROJECTOR_TYPES, VLMConfig
 from evaluation.captioning import caption_messages
-from modeling_vlm import CACHE_NAME, PROJECTOR_CLASSES, VLMForConditionalGeneration, chunked_cross_entropy
+from loss_vlm import chunked_cross_entropy
+from modeling_vlm import CACHE_NAME, PROJECTOR_CLASSES, VLMForConditionalGeneration
 from models.tiny import TINY_CLIP_VISION_CONFIG, build_tiny_vlm
 from processing_vlm import IS_TRANSFORMERS_4
 

@@ -1,8 +1,9 @@
 """
-ONNX export (`export_onnx.py`, `onnx_export/`): each exportable kind of tiny model (early fusion with every projector,
-the Q-Former's with tiles; visual-expert and tokenized fusion) is exported once, into the layout transformers.js
-loads, and onnxruntime's greedy generation writes PyTorch's tokens with next-token logits within `LOGIT_TOLERANCE`;
-the fusions the layout cannot express and the command line's usage errors end with a message.
+ONNX export (`export_onnx.py`, `onnx_export/`): each exportable kind of tiny model (early fusion with the MLP, the
+Q-Former's with tiles; visual-expert and tokenized fusion) is exported once, into the layout transformers.js loads, and
+onnxruntime's greedy generation writes PyTorch's tokens with next-token logits within `LOGIT_TOLERANCE`; the other
+projectors' early-fusion models differ from the MLP's in their vision encoder only, which gives PyTorch's image
+features; the fusions the layout cannot express and the command line's usage errors end with a message.
 """
 
 import json
@@ -26,12 +27,11 @@ from processing_vlm import VLMProcessor
 
 
 LOGIT_TOLERANCE = 1e-4  # float32 on both sides; measured up to 6e-7 on these models
+FEATURE_TOLERANCE = 1e-5  # measured up to 3e-7 (features up to 1.4)
 # Each export's projector and overrides of the tiny model's config. "mlp" goes through the command line.
 EXPORTS = {
-    "linear": ("linear", {}),
     "mlp": ("mlp", {}),
     "qformer_tiles": ("qformer", {"max_tiles": 4}),
-    "perceiver": ("perceiver", {}),
     "visual_expert": ("mlp", {"fusion": "visual_expert"}),
     "tokenized": ("codebook", {"fusion": "tokenized"}),
 }
@@ -118,6 +118,21 @@ def test_a_prompt_without_images_generates_pytorch_greedy_tokens(exported):
     expected = generated[:, inputs["input_ids"].shape[1] :]
     output = exported.runtime.generate(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(), max_new_tokens=6)
     np.testing.assert_array_equal(output.sequences, expected.numpy())
+
+
+@pytest.mark.parametrize("projector_type", ["linear", "perceiver"])
+def test_the_vision_encoder_of_the_other_projectors_gives_pytorchs_image_features(projector_type, tmp_path):
+    # Their early-fusion models share the MLP's embed_tokens and decoder graphs (the same language model code).
+    model, processor = varied_tiny_vlm(projector_type)
+    path = tmp_path / "vision_encoder.onnx"
+    assert not export.export_vision_encoder(model, processor, path)  # weights inside the file
+    pixel_values = processor.image_processor(noise_images(3, 32, 32, seed=3), return_tensors="pt")["pixel_values"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (features,) = session.run(None, {"pixel_values": pixel_values.numpy()})  # 3 images, exported with 2
+    with torch.no_grad():
+        expected = model.get_image_features(pixel_values).image_embeds
+    assert features.shape == (3, processor.num_image_tokens, model.config.text_config.hidden_size)
+    np.testing.assert_allclose(features, expected.numpy(), atol=FEATURE_TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("fusion", list(REFUSED))

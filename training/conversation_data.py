@@ -15,7 +15,7 @@ from datasets import Dataset, Features, List
 from datasets import Image as ImageFeature
 from torch.utils.data import ConcatDataset
 
-from data.captions import SHAPES_SPLIT_SIZES, open_image
+from data.captions import SHAPES_SPLIT_SIZES
 from data.conversations import (
     ConversationDataError,
     answer_marking_template,
@@ -23,6 +23,7 @@ from data.conversations import (
     load_llava_conversations,
     load_messages_dataset,
 )
+from data.images import open_image
 from data.shapes import SHAPES_STYLES
 from data.shapes_vqa import make_shapes_conversations
 from evaluation.captioning import CAPTION_PROMPT, caption_messages

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
-from data.captions import load_captions, merge_repeated_ids, open_image, readable_rows
+from data.captions import load_captions, merge_repeated_ids
+from data.images import open_image, readable_rows
 from evaluation.captioning import CAPTION_PROMPT, caption_messages, caption_prompt
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor

@@ -18,7 +18,7 @@ from datasets import Image as ImageFeature
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from data.captions import open_image
+from data.images import open_image
 from modeling_vlm import VLMForConditionalGeneration
 from processing_vlm import VLMProcessor
 

@@ -22,7 +22,8 @@ from contrastive_pretraining import (
     build_dual_encoder,
     load_contrastive_tower,
 )
-from modeling_vlm import VLMForConditionalGeneration, load_image_processor, load_vision_tower, load_vision_tower_config
+from loading_vlm import load_image_processor, load_vision_tower, load_vision_tower_config
+from modeling_vlm import VLMForConditionalGeneration
 from models.tiny import build_tiny_bert, build_tiny_vlm
 from processing_vlm import VLMProcessor
 from qformer_pretraining import (

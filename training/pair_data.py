@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from data.captions import readable_rows
+from data.images import readable_rows
 from qformer_pretraining import QFormerForPretraining, QFormerPretrainingProcessor
 
 from .arguments import VLMTrainingArguments

@@ -15,7 +15,8 @@ from datasets import Dataset
 from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 
-from data.captions import SHAPES_SPLIT_SIZES, open_image
+from data.captions import SHAPES_SPLIT_SIZES
+from data.images import open_image
 from data.questions import load_pope_questions, load_vqa_questions
 from data.shapes import SHAPES_STYLES
 from evaluation.captioning import generate_replies
