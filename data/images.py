@@ -21,9 +21,24 @@ from datasets import Dataset, Image
 from processing_vlm import to_rgb_image
 
 
+def read_image(value: PIL.Image.Image | str | os.PathLike | bytes | bytearray) -> PIL.Image.Image:
+    """
+    `value` (a decoded image, a local file path or encoded image bytes) as an RGB image: EXIF orientation applied to
+    files and bytes, as `datasets.Image` does; 16-bit and float pixels scaled as `processing_vlm.to_rgb_image` does.
+    Raises what Pillow raises for a missing, unreadable or corrupt file (OSError, SyntaxError, ValueError, EOFError,
+    DecompressionBombError, ...).
+    """
+    if isinstance(value, PIL.Image.Image):
+        return to_rgb_image(value)
+    image = PIL.Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
+    image.load()
+    PIL.ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb_image(image)
+
+
 def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None) -> PIL.Image.Image | None:
     """
-    Turns a value of an image column into an RGB image, or `None` when there is no readable image.
+    Turns a value of an image column into an RGB image ([`read_image`]), or `None` when there is no readable image.
 
     Args:
         value (`PIL.Image.Image`, `str`, `os.PathLike`, `bytes`, `dict` or `None`):
@@ -31,9 +46,8 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
             undecoded `datasets.Image(decode=False)` column (bytes are used first, the path otherwise).
 
     Returns:
-        `PIL.Image.Image` or `None`: the image in RGB mode (EXIF orientation applied to files and bytes, as
-        `datasets.Image` does; 16-bit and float pixels scaled as `processing_vlm.to_rgb_image` does), or `None` if
-        the value is empty or the file is missing, unreadable, corrupt or holds values that are not pixels.
+        `PIL.Image.Image` or `None`: the image in RGB mode, or `None` if the value is empty or the file is missing,
+        unreadable, corrupt or holds values that are not pixels.
     """
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
@@ -42,15 +56,8 @@ def open_image(value: PIL.Image.Image | str | os.PathLike | bytes | dict | None)
     if not isinstance(value, (PIL.Image.Image, str, os.PathLike, bytes, bytearray)):
         raise TypeError(f"Cannot read an image from a value of type {type(value).__name__}.")
     try:
-        if isinstance(value, PIL.Image.Image):
-            image = value
-        else:
-            image = PIL.Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value)
-            image.load()
-            PIL.ImageOps.exif_transpose(image, in_place=True)
-        return to_rgb_image(image)
-    # Pillow reports broken data through many exception types (OSError, SyntaxError, ValueError, EOFError,
-    # DecompressionBombError, ...); any of them means the image cannot be used.
+        return read_image(value)
+    # Pillow reports broken data through many exception types; any of them means the image cannot be used.
     except Exception:
         return None
 

@@ -13,6 +13,7 @@ import PIL.Image
 import torch
 from transformers import BatchFeature, TextIteratorStreamer
 
+from data.images import read_image
 from evaluation.visualize import save_model_picture
 
 from .models import DemoModel
@@ -61,13 +62,16 @@ class _TimingStreamer(TextIteratorStreamer):
 
 
 def open_image(path: str | None) -> PIL.Image.Image:
-    """The RGB image at `path` (an upload), or [`DemoInputError`] when there is none or it cannot be read."""
+    """
+    The RGB image at `path` (an upload), read as training and evaluation read images ([`data.images.read_image`]:
+    EXIF orientation, 16-bit and float pixels scaled), or [`DemoInputError`] when there is none or it cannot be read.
+    """
     if not path:
         raise DemoInputError("No image: upload one or pick an example first.")
     try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
+        return read_image(path)
+    # Pillow reports broken data through many exception types (see `read_image`).
+    except Exception as error:
         raise DemoInputError(
             f"The uploaded file is not an image this page can read ({type(error).__name__}); upload a PNG, JPEG or "
             "WebP picture."

@@ -4,10 +4,12 @@ each model's summary, streamed replies equal to evaluation's, multi-turn chats, 
 """
 
 import gradio as gr
+import PIL.Image
 import pytest
 import torch
 
 import app
+from data.images import open_image
 from demo import chat, models, page
 from demo_models import example_captions, save_captioner
 from evaluation.captioning import generate_replies
@@ -101,6 +103,21 @@ def test_an_empty_reply_shows_as_empty_and_draws_no_map(tmp_path):
     assert page.chat_history([(PROMPT, "")]) == [
         {"role": "user", "content": PROMPT}, {"role": "assistant", "content": EMPTY_CAPTION}
     ]  # fmt: skip
+
+
+def test_an_upload_is_read_as_training_and_evaluation_read_images(tmp_path):
+    # A 16-bit grey PNG at mid-grey (Pillow's convert("RGB") would clip it to white) and a photo turned by its EXIF
+    # orientation: the page shows and answers what `eval.py` would read.
+    grey = tmp_path / "grey16.png"
+    PIL.Image.new("I;16", (4, 4), 32768).save(grey)
+    exif = PIL.Image.Exif()
+    exif[PIL.Image.ExifTags.Base.Orientation] = 6  # rotated 90°: displayed as 3x6
+    turned = tmp_path / "turned.jpg"
+    PIL.Image.new("RGB", (6, 3), (200, 30, 30)).save(turned, exif=exif)
+    assert chat.open_image(str(grey)).getpixel((0, 0)) == (128, 128, 128)
+    assert chat.open_image(str(turned)).size == (3, 6)
+    for path in (grey, turned):
+        assert chat.open_image(str(path)).tobytes() == open_image(str(path)).tobytes()
 
 
 @pytest.mark.parametrize(
