@@ -24,9 +24,10 @@ from typing import NoReturn
 import torch
 from transformers import AutoConfig
 
+from data.images import noise_images
 from evaluation.captioning import load_captioning_model, model_name_problem
 from onnx_export.export import ONNX_FOLDER, UnsupportedExportError, check_exportable, export_onnx
-from onnx_export.parity import check_parity, noise_images
+from onnx_export.parity import check_parity
 from onnx_export.runtime import OnnxVLM
 from training.run_lock import ensure_writable_dir
 

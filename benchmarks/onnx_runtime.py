@@ -27,12 +27,13 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from benchmarks.measure import environment, software_line
 from configuration_vlm import PROJECTOR_TYPES
+from data.images import noise_images
 from evaluation.captioning import caption_prompt
 from evaluation.markdown_tables import markdown_table
 from modeling_vlm import VLMForConditionalGeneration
 from models.tiny import build_tiny_vlm
 from onnx_export.export import export_onnx
-from onnx_export.parity import check_parity, noise_images
+from onnx_export.parity import check_parity
 from onnx_export.runtime import OnnxVLM
 
 

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from configuration_vlm import VLMConfig
+from data.images import noise_images
 from modeling_vlm import VLMForConditionalGeneration
 from models.tiny import (
     IMAGE_TOKEN,
@@ -115,8 +115,7 @@ def build_benchmark_model(
 
 def synthetic_images(count: int, seed: int = 0, size: int = IMAGE_SIZE) -> list[Image.Image]:
     """`count` random-noise RGB images of `size` x `size` pixels."""
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+    return noise_images(count, size, size, seed)
 
 
 def training_batch(

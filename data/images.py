@@ -8,12 +8,15 @@ reads the raw column instead and decodes it with [`open_image`]:
 >>> raw = dataset.cast_column("image", datasets.Image(decode=False))
 >>> image = open_image(raw[0]["image"])  # RGB `PIL.Image.Image`, or `None` when the file is missing or corrupt
 ```
+
+[`noise_images`] makes images of uniform noise, for checks and benchmarks that need pixels but no content.
 """
 
 import io
 import os
 from collections.abc import Iterator
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 from datasets import Dataset, Image
@@ -74,3 +77,9 @@ def readable_images(dataset: Dataset) -> Iterator[tuple[int, PIL.Image.Image]]:
 def readable_rows(dataset: Dataset) -> list[int]:
     """The rows of `dataset` whose image opens, in order."""
     return [row for row, _ in readable_images(dataset)]
+
+
+def noise_images(count: int, width: int, height: int, seed: int = 0) -> list[PIL.Image.Image]:
+    """`count` RGB images of uniform noise, the same for a given `seed`."""
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]

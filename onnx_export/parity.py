@@ -33,12 +33,6 @@ class ParityReport:
         return np.array_equal(self.torch_tokens, self.onnx_tokens)
 
 
-def noise_images(count: int, width: int, height: int, seed: int = 0) -> list[PIL.Image.Image]:
-    """`count` RGB images of uniform noise, the same for a given `seed`."""
-    rng = np.random.default_rng(seed)
-    return [PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
-
-
 def torch_greedy(
     model: PreTrainedModel, inputs: dict[str, torch.Tensor], max_new_tokens: int
 ) -> tuple[np.ndarray, np.ndarray]:

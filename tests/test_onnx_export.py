@@ -18,10 +18,11 @@ import torch
 from transformers import AutoConfig, AutoProcessor
 
 import export_onnx
+from data.images import noise_images
 from modeling_vlm import VLMForConditionalGeneration
 from models.tiny import build_tiny_vlm
 from onnx_export import export
-from onnx_export.parity import check_parity, noise_images
+from onnx_export.parity import check_parity
 from onnx_export.runtime import OnnxVLM
 from processing_vlm import VLMProcessor
 
