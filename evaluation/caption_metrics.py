@@ -7,6 +7,7 @@ The standard COCO caption metrics (BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D), com
 only pycocoevalcap and a Java runtime.
 """
 
+import atexit
 import contextlib
 import os
 import reprlib
@@ -104,8 +105,11 @@ def score_captions(
     - Every line break (`"\\r"`, `"\\v"`, `"\\f"`, U+2028, ... not only `"\\n"`) becomes a space before tokenization.
       pycocoevalcap only replaces `"\\n"`, and any other line break makes the Java tokenizer emit an extra line, which
       moves every later caption onto the wrong id: silently wrong scores.
-    - The METEOR JVM runs under a watchdog and is always shut down: if it crashes, hangs or answers garbage,
-      a `RuntimeError` with its stderr is raised instead of blocking forever, and no `java` process outlives the call.
+    - The METEOR JVM runs under a watchdog: if it crashes, hangs or answers garbage, it is killed and a
+      `RuntimeError` with its stderr is raised instead of blocking forever (the next call starts a new one).
+    - The METEOR JVM is started once per process and kept for the next call: it takes about 10 s to load its
+      paraphrase table (and then holds about 1 GB), while scoring takes milliseconds, so a run that evaluates every
+      epoch pays the load once. It is stopped when the process exits.
 
     Empty, whitespace-only and punctuation-only captions need no special case: the tokenizer turns them into empty
     strings, which METEOR 1.5 scores as 0 and the other metrics as a caption without words. METEOR reads one request
@@ -145,18 +149,18 @@ def score_captions(
     res, gts = _validate_captions(predictions, references)
     check_java()
     # Start the JVM first: loading METEOR's paraphrase table (~10 s) then overlaps tokenization and the other metrics.
-    with _meteor_scorer() as meteor:
-        gts = _tokenize(gts)
-        res = _tokenize(res)
-        if not any(reference for captions in gts.values() for reference in captions):
-            raise ValueError(
-                "Every reference caption is empty after PTB tokenization (which removes punctuation), so there is "
-                "nothing to score against. Pass references that contain words."
-            )
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        rouge, _ = Rouge().compute_score(gts, res)
-        cider, _ = Cider().compute_score(gts, res)
-        meteor_score = _meteor_score(meteor, gts, res)
+    meteor = _running_meteor()
+    gts = _tokenize(gts)
+    res = _tokenize(res)
+    if not any(reference for captions in gts.values() for reference in captions):
+        raise ValueError(
+            "Every reference caption is empty after PTB tokenization (which removes punctuation), so there is "
+            "nothing to score against. Pass references that contain words."
+        )
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    meteor_score = _meteor_score(meteor, gts, res)
     values = [*bleu, meteor_score, rouge, cider]
     return {name: float(value) for name, value in zip(COCO_CAPTION_METRICS, values, strict=True)}
 
@@ -222,13 +226,26 @@ def _tokenize(captions: dict[Hashable, list[str]]) -> dict[Hashable, list[str]]:
     return tokenized
 
 
-@contextlib.contextmanager
-def _meteor_scorer() -> Iterator[Meteor]:
-    """Start pycocoevalcap's METEOR 1.5 JVM and stop it when the block ends, whatever happened inside."""
-    meteor = Meteor()
-    try:
-        yield meteor
-    finally:
+_METEOR_OF_PROCESS: dict[int, Meteor] = {}
+_METEOR_START_LOCK = threading.Lock()
+
+
+def _running_meteor() -> Meteor:
+    """
+    This process's METEOR 1.5 JVM, started on first use and again after one died or was stopped. Keyed by process id: a
+    forked child must not write to its parent's JVM, whose pipes it inherits.
+    """
+    with _METEOR_START_LOCK:
+        meteor = _METEOR_OF_PROCESS.get(os.getpid())
+        if meteor is None or meteor.meteor_p.poll() is not None:
+            meteor = _METEOR_OF_PROCESS[os.getpid()] = Meteor()
+        return meteor
+
+
+@atexit.register
+def _stop_running_meteor() -> None:
+    meteor = _METEOR_OF_PROCESS.pop(os.getpid(), None)
+    if meteor is not None:
         _stop_meteor(meteor)
 
 
@@ -264,6 +281,11 @@ def _meteor_score(meteor: Meteor, gts: dict[Hashable, list[str]], res: dict[Hash
         raise RuntimeError(
             f"pycocoevalcap's METEOR 1.5 (a Java subprocess) {what}: {error!r}. Its stderr:\n{stderr}"
         ) from error
+    except BaseException:
+        # Interrupted mid-request (Ctrl-C): the JVM's answer is still in its pipe and pycocoevalcap kept its lock, so
+        # the next call would read this one's answer or block forever. Stop it; the next call starts a new one.
+        _stop_meteor(meteor)
+        raise
     finally:
         watchdog.cancel()
     return score

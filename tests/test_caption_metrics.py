@@ -15,7 +15,14 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from evaluation.caption_metrics import COCO_CAPTION_METRICS, JavaNotFoundError, _tokenize, score_captions
+from evaluation.caption_metrics import (
+    _METEOR_OF_PROCESS,
+    COCO_CAPTION_METRICS,
+    JavaNotFoundError,
+    _stop_running_meteor,
+    _tokenize,
+    score_captions,
+)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +118,37 @@ def test_nothing_is_printed(scoring_run):
     assert scoring_run.printed == ""
 
 
-def test_no_java_process_left_running(scoring_run):
-    assert scoring_run.java_children_left == set()
+def running_meteor_pid() -> int:
+    meteor = _METEOR_OF_PROCESS[os.getpid()]
+    assert meteor.meteor_p.poll() is None
+    return meteor.meteor_p.pid
+
+
+def test_one_meteor_jvm_serves_every_call_and_nothing_else_is_left_running(scoring_run):
+    # The tokenizer's JVMs end with their call; METEOR's (10 s to load its paraphrase table) stays for the next one.
+    assert scoring_run.java_children_left <= {running_meteor_pid()}
+    assert java_children() == {running_meteor_pid()}
+    assert score_captions(PREDICTIONS, REFERENCES) == scoring_run.scores
+    assert java_children() == {running_meteor_pid()}
+
+
+def test_an_interrupted_call_stops_the_jvm_and_the_next_call_starts_a_new_one(scoring_run, monkeypatch):
+    # Ctrl-C mid-request leaves pycocoevalcap's lock taken and an answer in the pipe: reusing that JVM would block
+    # forever or read the wrong answer.
+    interrupted = _METEOR_OF_PROCESS[os.getpid()]
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupted, "_stat", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        score_captions(PREDICTIONS, REFERENCES)
+    assert interrupted.meteor_p.poll() is not None
+    assert score_captions(PREDICTIONS, REFERENCES) == scoring_run.scores
+    assert running_meteor_pid() != interrupted.meteor_p.pid
+    pid = running_meteor_pid()
+    _stop_running_meteor()  # what the process does at exit
+    assert java_children() == set() and not Path(f"/proc/{pid}").exists()
 
 
 def test_evaluate_module_matches_score_captions(scoring_run, monkeypatch):
