@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import gradio as gr
+import PIL.Image
 import torch
 
 from data.shapes import shapes_image_id, shapes_scenes
@@ -115,15 +116,28 @@ def answer(
                 outputs[stats_at] = progress.describe()
                 yield [message_markdown(messages), turns, *outputs[2:]]
             earlier.append((prompt, progress.text))
-            map_path = os.path.join(maps_dir, f"slot{slot}-turn{len(earlier)}-{os.getpid()}.png")
-            outputs[map_at] = save_reply_map(demo_model, image, prompt, progress.text, map_path)
         except DemoInputError as error:
             messages.append(str(error))
             outputs[chat_at] = chat_history(earlier)
         except Exception as error:  # a model failing must leave the page and the other models working
             messages.append(f"{demo_model.name} could not answer: {type(error).__name__}: {error}")
             outputs[chat_at] = chat_history(earlier)
+        else:
+            map_path = os.path.join(maps_dir, f"slot{slot}-turn{len(earlier)}-{os.getpid()}.png")
+            outputs[map_at] = _reply_map(demo_model, image, earlier[-1], map_path, messages)
         yield [message_markdown(messages), turns, *outputs[2:]]
+
+
+def _reply_map(
+    demo_model: DemoModel, image: PIL.Image.Image, turn: tuple[str, str], path: str, messages: list[str]
+) -> str | None:
+    """The map of `turn`'s reply, saved at `path`; if drawing fails, None and a message in `messages` saying so."""
+    prompt, reply = turn
+    try:
+        return save_reply_map(demo_model, image, prompt, reply, path)
+    except Exception as error:  # the answer stands: only its picture is missing
+        messages.append(f"{demo_model.name} answered, but its map could not be drawn: {type(error).__name__}: {error}")
+        return None
 
 
 def new_conversation(path: str | None) -> list:

@@ -162,6 +162,19 @@ def test_a_model_that_fails_leaves_the_others_answering(page_models, examples, t
     assert last[5][-1]["content"] == example_captions()[0]
 
 
+def test_a_map_that_cannot_be_drawn_is_said_so_and_the_answer_stands(page_models, examples, tmp_path, monkeypatch):
+    def fail(*args):
+        raise MemoryError("no room for the gradients")
+
+    monkeypatch.setattr(page, "save_reply_map", fail)
+    name = page_models.models[0].name
+    turns = {}
+    *_, last = page.answer(page_models, str(tmp_path), examples[0], PROMPT, [name], turns)
+    assert last[0] == f"⚠️ {name} answered, but its map could not be drawn: MemoryError: no room for the gradients"
+    assert last[2][-1]["content"] == example_captions()[0] and last[4] is None
+    assert turns == {name: [(PROMPT, example_captions()[0])]}
+
+
 def test_models_that_do_not_load_are_messages(tmp_path, saved):
     (tmp_path / "empty").mkdir()
     names = ["tiny:transformer", str(tmp_path / "missing"), str(tmp_path / "empty"), saved["mlp"], saved["mlp"]]
